@@ -1,0 +1,173 @@
+"""Model builders: every model is an ``nn.Sequential`` of *blocks* plus a final classifier.
+
+A block is the unit of locality: a local rule may use autograd inside a block, never across
+blocks. Children are named ``block0``, ``block1``, ... and ``head`` (the classifier), so rules
+can find the head without guessing. A user's own ``nn.Sequential`` works too: its last child is
+treated as the head.
+
+Specs on the command line: ``mlp:1000,1000``, ``mlp:1000,1000,act=tanh``,
+``convnet:32,128,512``, ``convnet:32,64,bn=false``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .rule import ConfigError, Task, _suggest
+
+__all__ = ["mlp", "convnet", "build_model", "parse_spec", "MODELS", "blocks_of", "head_of"]
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+}
+
+
+def _act(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {name!r}.{_suggest(name, ACTIVATIONS)} "
+                          f"Known: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(in_shape: tuple[int, ...] | int, widths: list[int], num_classes: int,
+        act: str = "relu", bias: bool = True) -> nn.Sequential:
+    """``[Flatten+]Linear+act`` blocks and a linear head: ``mlp((1,28,28), [1000,1000], 10)``."""
+    d = in_shape if isinstance(in_shape, int) else math.prod(in_shape)
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for i, w in enumerate(widths):
+        mods: list[nn.Module] = [nn.Flatten()] if i == 0 else []
+        mods += [nn.Linear(d, w, bias=bias), _act(act)]
+        layers[f"block{i}"] = nn.Sequential(*mods)
+        d = w
+    head: list[nn.Module] = [nn.Flatten()] if not widths else []
+    layers["head"] = nn.Sequential(*head, nn.Linear(d, num_classes, bias=bias))
+    return nn.Sequential(layers)
+
+
+def convnet(in_shape: tuple[int, ...], channels: list[int], num_classes: int,
+            kernel: int = 3, bn: bool = True, pool: bool = True, act: str = "relu") -> nn.Sequential:
+    """``Conv+BN+act+MaxPool`` blocks and a linear head (CaFo's 3-block CNN: ``[32,128,512]``)."""
+    if len(in_shape) != 3:
+        raise ConfigError(f"convnet needs image inputs (C, H, W), got per-sample shape {in_shape}")
+    c, h, w = in_shape
+    layers: "OrderedDict[str, nn.Module]" = OrderedDict()
+    for i, ch in enumerate(channels):
+        mods: list[nn.Module] = [nn.Conv2d(c, ch, kernel, padding=kernel // 2, bias=not bn)]
+        if bn:
+            mods.append(nn.BatchNorm2d(ch))
+        mods.append(_act(act))
+        if pool and h >= 2 and w >= 2:
+            mods.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        layers[f"block{i}"] = nn.Sequential(*mods)
+        c = ch
+    layers["head"] = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
+    return nn.Sequential(layers)
+
+
+ModelBuilder = Callable[..., nn.Sequential]
+MODELS: dict[str, ModelBuilder] = {"mlp": mlp, "convnet": convnet}
+
+
+def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Register a builder ``f(in_shape, widths, num_classes, **options)`` under ``name``."""
+    def deco(fn: ModelBuilder) -> ModelBuilder:
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def _value(s: str) -> Any:
+    low = s.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for t in (int, float):
+        try:
+            return t(s)
+        except ValueError:
+            pass
+    return s
+
+
+def parse_spec(spec: str) -> tuple[str, list[int], dict[str, Any]]:
+    """``"mlp:1000,1000,act=tanh"`` -> ``("mlp", [1000, 1000], {"act": "tanh"})``."""
+    kind, _, rest = spec.partition(":")
+    if kind not in MODELS:
+        raise ConfigError(f"unknown model {kind!r} in spec {spec!r}.{_suggest(kind, MODELS)} "
+                          f"Known: {', '.join(MODELS)}")
+    widths: list[int] = []
+    opts: dict[str, Any] = {}
+    for tok in filter(None, (t.strip() for t in rest.split(","))):
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            opts[k.strip()] = _value(v.strip())
+        else:
+            try:
+                widths.append(int(tok))
+            except ValueError:
+                raise ConfigError(f"model spec {spec!r}: {tok!r} is neither a width nor key=value "
+                                  f"(example: mlp:1000,1000,act=relu)") from None
+            if widths[-1] <= 0:
+                raise ConfigError(f"model spec {spec!r}: widths must be positive, got {tok}")
+    return kind, widths, opts
+
+
+def build_model(spec: str | nn.Module, task: Task) -> nn.Module:
+    """Build from a spec string, or pass a user's module through."""
+    if isinstance(spec, nn.Module):
+        return spec
+    kind, widths, opts = parse_spec(spec)
+    builder = MODELS[kind]
+    import inspect
+    allowed = set(inspect.signature(builder).parameters) - {"in_shape", "widths", "channels",
+                                                            "num_classes"}
+    for k in opts:
+        if k not in allowed:
+            raise ConfigError(f"model {kind!r} has no option {k!r}.{_suggest(k, allowed)} "
+                              f"Options: {', '.join(sorted(allowed))}")
+    return builder(task.in_shape, widths, task.num_classes, **opts)
+
+
+def blocks_of(model: nn.Module) -> list[nn.Module]:
+    """All children except the head."""
+    return list(model.children())[:-1]
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    return list(model.children())[-1]
+
+
+def last_linear(module: nn.Module) -> nn.Linear:
+    """The last ``nn.Linear`` inside a module (the head's weight for MF/DFA)."""
+    lins = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not lins:
+        raise ConfigError(f"expected a Linear layer in {module.__class__.__name__}")
+    return lins[-1]
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.no_grad()
+def block_output_shapes(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per-sample output shape of each child (blocks and head), from one dummy forward."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    h = torch.zeros(1, *in_shape, device=dev)
+    shapes = []
+    for child in model.children():
+        h = child(h)
+        shapes.append(tuple(h.shape[1:]))
+    model.train(was)
+    return shapes
