@@ -102,7 +102,7 @@ def test_learns_a_small_real_task(name: str) -> None:
     cls = RULES[name]
     opts = {"epochs": 12, "lr": 3e-3, "batch_size": 64, "progress": False,
             "measure_flops": False, "energy": False, **cls.smoke}
-    rec = train(rule=name, model=cls.small_model.replace("32,32", "64,64"), data="digits", **opts)
+    rec = train(rule=name, model=cls.smoke_model, data="digits", **opts)
     assert rec.status == "ok", rec.error
     assert rec.test_acc is not None and rec.test_acc >= 0.8, f"{name}: {rec.test_acc}"
 

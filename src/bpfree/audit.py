@@ -5,6 +5,8 @@ One training step of the rule runs with probes on every block boundary:
 - a forward pre-hook replaces each block's input by an identity view whose gradient hook records
   any gradient flowing *through that block into the block below* (a fresh view, so the block
   below's own local loss on the same tensor is not counted);
+- a rule with ``head_is_local`` (MF: the head *is* the last layer's projection M_L) trains the
+  last block through the head by design, so that one boundary is not probed;
 - for ``locality = "none"`` rules, a hook on every model parameter records any backward pass that
   reaches the model at all.
 
@@ -70,7 +72,7 @@ def audit(rule: str | LearningRule, model: str | nn.Module | None = None,
     handles = []
     children = list(net.named_children())
     for k, (name, child) in enumerate(children):
-        if k == 0:
+        if k == 0 or (k == len(children) - 1 and r.head_is_local):
             continue
         below = children[k - 1][0]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -40,6 +40,9 @@ class Task:
     in_shape: tuple[int, ...]  # per-sample input shape, e.g. (1, 28, 28)
     num_classes: int
     kind: str = "classification"
+    #: anything else a model or rule may need (e.g. a graph's features and edges for node
+    #: classification, where the Trainer batches node indices)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 class LearningRule(nn.Module):
@@ -57,10 +60,14 @@ class LearningRule(nn.Module):
     uses_optimizer: ClassVar[bool] = True
     #: the model builder this rule is usually run with (used by suites when none is given)
     native_model: ClassVar[str] = "mlp:1000,1000"
+    #: the model's head is the last block's own local readout (MF's M_L): the head -> last-block
+    #: boundary is then inside one locality unit, and the audit does not probe it
+    head_is_local: ClassVar[bool] = False
     #: a small model and input shape for the contract/locality tests and `bpfree audit`
     small_model: ClassVar[str] = "mlp:32,32"
     small_in_shape: ClassVar[tuple[int, ...]] = (1, 8, 8)
-    #: train options for the contract "learns a small real task" test (sklearn digits)
+    #: model and train options for the contract "learns a small real task" test (sklearn digits)
+    smoke_model: ClassVar[str] = "mlp:64,64"
     smoke: ClassVar[dict[str, Any]] = {"epochs": 12, "lr": 3e-3}
     #: Optuna search space: name -> ("log"|"float"|"int"|"cat", low, high) or ("cat", [choices])
     search_space: ClassVar[dict[str, tuple]] = {}

@@ -28,6 +28,7 @@ class MonoForward(LearningRule):
     name = "mf"
     family = "local-loss"
     locality = "block"
+    head_is_local = True  # the head is M_L: layer L's loss trains W_L through it (eq. 2)
     paper = "https://arxiv.org/abs/2501.09238"
     search_space = {"lr": ("log", 1e-4, 1e-2)}
 

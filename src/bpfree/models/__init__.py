@@ -5,6 +5,9 @@ blocks. Children are named ``block0``, ``block1``, ... and ``head`` (the classif
 can find the head without guessing. A user's own ``nn.Sequential`` works too: its last child is
 treated as the head.
 
+More builders live in sibling modules of this package (one file per model family), register
+themselves with :func:`register_model` and are imported at the end of this file.
+
 Specs on the command line: ``mlp:1000,1000``, ``mlp:1000,1000,act=tanh``,
 ``convnet:32,128,512``, ``convnet:32,64,bn=false``.
 """
@@ -18,7 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .rule import ConfigError, Task, _suggest
+from ..rule import ConfigError, Task, _suggest
 
 __all__ = ["mlp", "convnet", "build_model", "parse_spec", "MODELS", "blocks_of", "head_of"]
 
@@ -171,3 +174,14 @@ def block_output_shapes(model: nn.Module, in_shape: tuple[int, ...]) -> list[tup
         shapes.append(tuple(h.shape[1:]))
     model.train(was)
     return shapes
+
+
+def _import_families() -> None:
+    import importlib
+    import pkgutil
+
+    for m in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+        importlib.import_module(f"{__name__}.{m}")
+
+
+_import_families()
