@@ -31,6 +31,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "gelu": nn.GELU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "elu": nn.ELU,
 }
 
 
@@ -57,20 +58,29 @@ def mlp(in_shape: tuple[int, ...] | int, widths: list[int], num_classes: int,
 
 
 def convnet(in_shape: tuple[int, ...], channels: list[int], num_classes: int,
-            kernel: int = 3, bn: bool = True, pool: bool = True, act: str = "relu") -> nn.Sequential:
-    """``Conv+BN+act+MaxPool`` blocks and a linear head (CaFo's 3-block CNN: ``[32,128,512]``)."""
+            kernel: int = 3, bn: bool = True, pool: bool = True, act: str = "relu",
+            bn_after_pool: bool = False) -> nn.Sequential:
+    """``Conv+BN+act+MaxPool`` blocks and a linear head (CaFo's 3-block CNN: ``[32,128,512]``).
+
+    ``bn_after_pool=True`` orders a block ``Conv+act+MaxPool+BN`` (conv with bias), CaFo's block
+    (Zhao et al. 2023): ``convnet:32,128,512,bn_after_pool=true``.
+    """
     if len(in_shape) != 3:
         raise ConfigError(f"convnet needs image inputs (C, H, W), got per-sample shape {in_shape}")
     c, h, w = in_shape
     layers: "OrderedDict[str, nn.Module]" = OrderedDict()
     for i, ch in enumerate(channels):
-        mods: list[nn.Module] = [nn.Conv2d(c, ch, kernel, padding=kernel // 2, bias=not bn)]
-        if bn:
+        late_bn = bn and bn_after_pool
+        mods: list[nn.Module] = [nn.Conv2d(c, ch, kernel, padding=kernel // 2,
+                                           bias=not bn or late_bn)]
+        if bn and not late_bn:
             mods.append(nn.BatchNorm2d(ch))
         mods.append(_act(act))
         if pool and h >= 2 and w >= 2:
             mods.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
+        if late_bn:
+            mods.append(nn.BatchNorm2d(ch))
         layers[f"block{i}"] = nn.Sequential(*mods)
         c = ch
     layers["head"] = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, num_classes))
