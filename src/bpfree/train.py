@@ -173,12 +173,16 @@ class Trainer:
 
     def __init__(self, rule: LearningRule, model: nn.Module, splits: "data_mod.Splits",
                  cfg: TrainConfig, *, record: RunRecord, ckpt_path: Path | None = None,
-                 record_file: Path | None = None) -> None:
+                 record_file: Path | None = None,
+                 on_epoch: Callable[[int, float | None], None] | None = None) -> None:
         self.cfg, self.splits, self.rec = cfg, splits, record
         self.ckpt_path, self.record_file = ckpt_path, record_file
+        #: called after every finished epoch with (epoch, val_acc); may raise to stop the run
+        #: (the tuner raises optuna.TrialPruned), the checkpoint is already saved by then
+        self.on_epoch = on_epoch
         self.device = resolve_device(cfg.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # batches; the rule gets its own
-        task = Task(splits.in_shape, splits.num_classes)
+        task = Task(splits.in_shape, splits.num_classes, meta=getattr(splits, "meta", {}))
         rule.bind(model, task, torch.Generator().manual_seed(cfg.seed + 1))
         self.rule = rule.to(self.device)
         self.splits = splits.to(self.device)
@@ -246,6 +250,8 @@ class Trainer:
                 epoch_bar.set_postfix(loss=f"{loss:.4f}", val=f"{val:.4f}" if val is not None else "-")
             self._track(val, epoch + 1)
             self._save_ckpt()
+            if self.on_epoch is not None:
+                self.on_epoch(epoch + 1, val)
             if cfg.patience and st.bad_epochs >= cfg.patience:
                 rec.status = "early-stopped"
                 break
@@ -267,13 +273,7 @@ class Trainer:
         timer.start()
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = s.x_train[idx], s.y_train[idx]
-            if self.opt is not None:
-                self.opt.zero_grad(set_to_none=True)
-            out = self.rule.step(xb, yb)
-            if self.opt is not None:
-                self.opt.step()
-            total += out["loss"]
+            total += self.train_step(s.x_train[idx], s.y_train[idx])["loss"]
         timer.stop()
         e = energy.stop() if energy is not None else None
         m = mem.stop()
@@ -287,6 +287,15 @@ class Trainer:
         if e is not None:
             st.energy_method = e.method
         return (total / steps).item(), timer.elapsed_s, (e.value if e is not None else None)
+
+    def train_step(self, xb: Tensor, yb: Tensor) -> dict[str, Tensor]:
+        """One optimisation step: the rule fills ``.grad``, the shared optimizer applies it."""
+        if self.opt is not None:
+            self.opt.zero_grad(set_to_none=True)
+        out = self.rule.step(xb, yb)
+        if self.opt is not None:
+            self.opt.step()
+        return out
 
     def _track(self, val: float | None, epoch: int) -> None:
         st, cfg = self.state, self.cfg
@@ -353,6 +362,7 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
           data: str | "data_mod.DataBundle" | tuple = "fashion-mnist", *,
           rule_options: dict[str, Any] | None = None, out: str | Path | None = None,
           suite: str = "adhoc", data_dir: str | Path | None = None, resume: bool = True,
+          on_epoch: Callable[[int, float | None], None] | None = None,
           **train_options: Any) -> RunRecord:
     """Train one rule and return its record (written to ``out`` if given).
 
@@ -382,12 +392,13 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
         path.parent.mkdir(parents=True, exist_ok=True)
         ckpt = path.with_suffix(".ckpt")
     splits = data_mod.prepare(bundle, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    task = Task(splits.in_shape, splits.num_classes)
+    task = Task(splits.in_shape, splits.num_classes, meta=splits.meta)  # meta: e.g. a graph
     torch.manual_seed(cfg.seed)  # model init
     net = build_model(model, task)
     t0 = time.time()
     try:
-        trainer = Trainer(rule_obj, net, splits, cfg, record=rec, ckpt_path=ckpt)
+        trainer = Trainer(rule_obj, net, splits, cfg, record=rec, ckpt_path=ckpt,
+                          on_epoch=on_epoch)
         rec = trainer.fit()
     except (ValueError, RuntimeError, FloatingPointError) as exc:
         if out is None:

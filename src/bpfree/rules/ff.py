@@ -50,12 +50,15 @@ class ForwardForward(LearningRule):
 
     def __init__(self, theta: float = 1.0, loss: str = "softplus", alpha: float = 4.0,
                  label_scale: float = 1.0, predict_mode: str = "goodness",
-                 skip_first: bool = True) -> None:
+                 skip_first: bool = True, goodness: str = "sum") -> None:
         super().__init__()
         if loss not in ("softplus", "symba"):
             raise ValueError(f"loss must be 'softplus' or 'symba', got {loss!r}")
         if predict_mode not in ("goodness", "readout"):
             raise ValueError(f"predict_mode must be 'goodness' or 'readout', got {predict_mode!r}")
+        if goodness not in ("sum", "mean"):
+            raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
+        self.goodness = goodness
         if theta <= 0 or alpha <= 0 or label_scale <= 0:
             raise ValueError("theta, alpha and label_scale must be > 0")
         self.theta, self.loss, self.alpha = theta, loss, alpha
@@ -98,12 +101,14 @@ class ForwardForward(LearningRule):
         for block in self.blocks[:-1]:
             z = block(rms_normalise(z.detach()))  # a layer's loss must not reach the layer below
             hs.append(z)
-            gs.append(z.flatten(1).pow(2).sum(1))  # g = Σ h², (N,)
+            sq = z.flatten(1).pow(2)
+            gs.append(sq.sum(1) if self.goodness == "sum" else sq.mean(1))  # g = Σ h², (N,)
         return hs, gs
 
     def layer_losses(self, g_pos: list[Tensor], g_neg: list[Tensor]) -> list[Tensor]:
         out = []
         for g_p, g_n, d in zip(g_pos, g_neg, self._width_list):
+            d = d if self.goodness == "sum" else 1
             if self.loss == "symba":
                 out.append(F.softplus(-self.alpha * (g_p - g_n) / d).mean())
             else:

@@ -1,0 +1,65 @@
+"""The core rules against backprop: accuracy runs (records) and paired step timing.
+
+    python benchmarks/core.py [--out benchmarks/records/core] [--skip-accuracy] [--skip-timing]
+
+1. Runs the suite ``benchmarks/core.toml`` (resumable: finished runs are skipped) and prints the
+   results table.
+2. Times bp, mf, ff and dfa training steps on Fashion-MNIST, MLP 2x1000, batch 128, fused Adam,
+   *interleaved* (see ``bpfree.bench.steptime``), and writes ``steptime.json`` with the machine
+   and commit. These ratios are the ones the README quotes: under a loaded machine they are far
+   more stable than whole-run epoch times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+
+from bpfree.bench import load_suite, markdown_table, run_suite, summarize
+from bpfree.bench.steptime import paired_step_times
+from bpfree.meters import git_info, machine_info
+
+HERE = Path(__file__).parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(HERE / "records" / "core"))
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if not args.skip_timing:
+        times = paired_step_times(["bp", "mf", "ff", "dfa"], "mlp:1000,1000", "fashion-mnist",
+                                  batch_size=128, steps=20, repeats=args.repeats)
+        bp = times["bp"].median_s
+        rows = {n: {"median_step_s": t.median_s, "min_s": t.spread_s[0], "max_s": t.spread_s[1],
+                    "ratio_to_bp": t.median_s / bp,
+                    "ratios_per_repeat": [a / b for a, b in zip(t.times_s, times["bp"].times_s)],
+                    "times_s": t.times_s} for n, t in times.items()}
+        blob = {"what": "paired step time, fashion-mnist, mlp:1000,1000, batch 128, fused Adam",
+                "repeats": args.repeats, "steps_per_repeat": 20, "rules": rows,
+                "machine": machine_info(), **git_info(), "torch_threads": torch.get_num_threads()}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "steptime.json").write_text(json.dumps(blob, indent=2))
+        print("| rule | median step ms | min–max ms | × bp (median of paired ratios) |\n|---|---|---|---|")
+        for n, r in rows.items():
+            print(f"| {n} | {1e3 * r['median_step_s']:.1f} | {1e3 * r['min_s']:.1f}–{1e3 * r['max_s']:.1f} "
+                  f"| {statistics.median(r['ratios_per_repeat']):.2f} |")
+    if not args.skip_accuracy:
+        suite = load_suite(HERE / "core.toml")
+        recs = run_suite(suite, out, progress=os.isatty(1))
+        print(markdown_table(summarize(recs)))
+
+
+if __name__ == "__main__":
+    main()
