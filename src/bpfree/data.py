@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -171,6 +171,9 @@ class DataBundle:
     y_test: torch.Tensor
     num_classes: int
     source: str
+    #: extras a model or rule needs, e.g. ``{"graph": Graph}`` for node classification, where the
+    #: x tensors hold node indices (see :mod:`bpfree.graphs`)
+    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _validate_bundle(self)
@@ -244,6 +247,7 @@ class Splits:
     name: str
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # the bundle's meta (e.g. a graph)
 
     def to(self, device: str | torch.device) -> Splits:
         """Return a copy with every tensor on ``device`` (a no-op copy if already there)."""
@@ -284,11 +288,14 @@ def prepare(
             f"prepare({bundle.name!r}): val_fraction={val_fraction} leaves no training samples "
             f"out of {len(bundle.y_train)}; use a smaller val_fraction"
         )
-    x_train = _to_float(bundle.x_train[train_idx])
-    x_val = _to_float(bundle.x_train[val_idx])
-    x_test = _to_float(bundle.x_test)
+    # Node-index inputs (graph datasets: int64 x, the graph in bundle.meta) stay integers.
+    index_input = bundle.x_train.dtype == torch.int64
+    as_input = torch.Tensor.clone if index_input else _to_float
+    x_train = as_input(bundle.x_train[train_idx])
+    x_val = as_input(bundle.x_train[val_idx])
+    x_test = as_input(bundle.x_test)
     mean = std = None
-    if standardize:
+    if standardize and not index_input:
         mean, std = _standardization_stats(x_train)
         for x in (x_train, x_val, x_test):
             x.sub_(mean).div_(std)
@@ -304,6 +311,7 @@ def prepare(
         name=bundle.name,
         mean=mean,
         std=std,
+        meta=dict(bundle.meta),
     )
     return splits.to(device)
 
@@ -1075,3 +1083,5 @@ def _sha256(path: Path, *, gunzip: bool) -> str | None:
         return None
     return digest.hexdigest()
 
+
+from . import graphs as _graphs  # noqa: E402,F401  (registers karate, sbm, cora, citeseer, pubmed)

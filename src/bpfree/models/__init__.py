@@ -141,12 +141,14 @@ def build_model(spec: str | nn.Module, task: Task) -> nn.Module:
     kind, widths, opts = parse_spec(spec)
     builder = MODELS[kind]
     import inspect
-    allowed = set(inspect.signature(builder).parameters) - {"in_shape", "widths", "channels",
-                                                            "num_classes"}
+    params = inspect.signature(builder).parameters
+    allowed = set(params) - {"in_shape", "widths", "channels", "num_classes", "graph"}
     for k in opts:
         if k not in allowed:
             raise ConfigError(f"model {kind!r} has no option {k!r}.{_suggest(k, allowed)} "
                               f"Options: {', '.join(sorted(allowed))}")
+    if "graph" in params and "graph" in task.meta:  # graph models (gnn.py) hold their graph
+        opts["graph"] = task.meta["graph"]
     return builder(task.in_shape, widths, task.num_classes, **opts)
 
 
