@@ -92,13 +92,74 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     out = Path(args.out or f"results/{suite.name}")
+    queue_opts = dict(storage=getattr(args, "storage", None),
+                      retry_failed=getattr(args, "retry_failed", False),
+                      use_tuned=not getattr(args, "no_tuned", False),
+                      stale_after_s=getattr(args, "stale_after", 300.0),
+                      wait=getattr(args, "wait", False))
+    if getattr(args, "worker", False):  # one worker of `bench --workers N`: train, no table
+        from .bench.runner import work
+        from .bench.queue import make_queue
+        import signal
+
+        def _term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _term)
+        q = make_queue(out, suite.name, storage=queue_opts["storage"],
+                       stale_after_s=queue_opts["stale_after_s"],
+                       retry_failed=queue_opts["retry_failed"])
+        try:
+            work(suite, out, q, data_dir=args.data_dir, device=args.device, progress=False,
+                 use_tuned=queue_opts["use_tuned"], storage=queue_opts["storage"],
+                 wait=queue_opts["wait"])
+        finally:
+            q.close()
+        return 0
     records = run_suite(suite, out, data_dir=args.data_dir, progress=not args.quiet,
-                        device=args.device)
+                        device=args.device, workers=getattr(args, "workers", 1), **queue_opts)
     table = markdown_table(summarize(records))
     print(f"\n## suite {suite.name}: {suite.description}\n")
     print(table)
     (out / "table.md").write_text(table + "\n")
-    print(f"\nrecords and table.md in {out}/")
+    print(f"\nrecords and table.md in {out}/ (`bpfree report {out}` writes report.md and "
+          f"report.html)")
+    return 0
+
+
+@command
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .bench import load_suite
+    from .bench.tune import default_storage, tune_suite
+
+    suite = load_suite(args.suite)
+    out = Path(args.out or f"results/{suite.name}")
+    storage = args.storage or default_storage(out)
+    results = tune_suite(suite, out, trials=args.trials, storage=storage, data_dir=args.data_dir,
+                         device=args.device, progress=not args.quiet, only=args.rule,
+                         seed_offset=args.worker_index)
+    print(f"\n## tuned configs, suite {suite.name} ({args.trials or suite.tune.trials} trials each)\n")
+    for key, best in results.items():
+        if best is None:
+            print(f"- {key}: no completed trial")
+            continue
+        val = "-" if best.get("value") is None else f"{100 * best['value']:.2f}%"
+        print(f"- {key}: best val {val} with {best['params']} "
+              f"(trial {best.get('trial')}, {best.get('trials_counted')} counted, "
+              f"{best.get('pruned')} pruned)")
+    print(f"\nstudies in {storage.split('@')[-1]}; best configs saved as .tuned.json next to the "
+          f"records in {out}/ (`bpfree bench --suite {args.suite} --out {out}` uses them)")
+    return 0
+
+
+@command
+def cmd_report(args: argparse.Namespace) -> int:
+    from .bench.html import write_report
+
+    paths = write_report(args.dir, out=args.out, storage=args.storage, suite=args.suite,
+                         title=args.title)
+    for p in paths:
+        print(f"wrote {p}")
     return 0
 
 
@@ -150,6 +211,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="directory holding the dataset folders (or BPFREE_DATA_DIR)")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine (default 1); each run is trained once")
+    s.add_argument("--storage", help="SQLAlchemy URL (e.g. postgresql://user@host/db) of a shared "
+                   "run queue: `bpfree bench` on several machines with the same URL share the suite; "
+                   "tuned configs are also read from its studies")
+    s.add_argument("--retry-failed", action="store_true", help="rerun runs recorded as failed")
+    s.add_argument("--no-tuned", action="store_true",
+                   help="ignore tuned configs (.tuned.json / studies) and use the suite's own")
+    s.add_argument("--stale-after", type=float, default=300.0, metavar="S",
+                   help="with --storage: a claim without heartbeat for S seconds is taken over")
+    s.add_argument("--wait", action="store_true",
+                   help="keep waiting for runs held by other workers (and take them over if they die)")
+    s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal
+
+    s = sub.add_parser("tune", help="tune every rule of a suite with the same Optuna trial budget")
+    s.add_argument("--suite", default="quick", help="suite name or a .toml file")
+    s.add_argument("--trials", type=int, help="trials per (dataset, model, rule) (default: suite's)")
+    s.add_argument("--out", help="records directory (default results/SUITE); best configs go here")
+    s.add_argument("--storage", help="SQLAlchemy URL of the studies (default sqlite:///OUT/tune.db); "
+                   "several `bpfree tune` processes with one URL fill the studies together")
+    s.add_argument("--rule", action="append", help="only this rule (repeatable)")
+    s.add_argument("--worker-index", type=int, default=0,
+                   help="distinct per parallel tuner: offsets the sampler seed")
+    s.add_argument("--data-dir", help="directory holding the dataset folders (or BPFREE_DATA_DIR)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("report", help="write report.md and a self-contained report.html from records")
+    s.add_argument("dir", help="records directory (as written by bench)")
+    s.add_argument("--out", help="where to write the report (default: DIR)")
+    s.add_argument("--storage", help="SQLAlchemy URL of a shared run queue: its records (from every "
+                   "machine) are copied into DIR first")
+    s.add_argument("--suite", help="with --storage: the suite whose records to gather")
+    s.add_argument("--title", help="report title")
 
     s = sub.add_parser("audit", help="check that a rule's gradients stay where it declares")
     s.add_argument("rule")

@@ -1,7 +1,18 @@
-"""Benchmarks: suites as data files, a resumable runner and the report."""
+"""Benchmarks: suites as data files, fair tuning, a resumable multi-worker runner and the report."""
 
 from .suite import Suite, load_suite, list_suites
 from .runner import run_suite
 from .report import summarize, markdown_table
 
-__all__ = ["Suite", "load_suite", "list_suites", "run_suite", "summarize", "markdown_table"]
+__all__ = ["Suite", "load_suite", "list_suites", "run_suite", "summarize", "markdown_table",
+           "tune_suite", "write_report"]
+
+
+def __getattr__(name: str):  # lazy: optuna and the HTML writer are only imported when used
+    if name == "tune_suite":
+        from .tune import tune_suite
+        return tune_suite
+    if name == "write_report":
+        from .html import write_report
+        return write_report
+    raise AttributeError(name)
