@@ -1,0 +1,110 @@
+"""The Trainer: early stopping, divergence, checkpoint/resume, records, user tensors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import bpfree
+from bpfree.records import read_record, record_path
+from bpfree.rule import ConfigError
+from bpfree.train import TrainConfig
+
+FAST = {"progress": False, "energy": False, "measure_flops": False, "batch_size": 64}
+
+
+def test_user_tensors_any_shape() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 13, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()  # 4 classes, 13 features
+    rec = bpfree.train(rule="mf", model="mlp:32", data=(x, y), epochs=8, lr=1e-2, **FAST)
+    assert rec.status == "ok" and rec.test_acc > 0.8
+    assert rec.curve and rec.curve[-1]["epoch"] == 8 and rec.params > 0
+
+
+def test_record_written_and_skipped(tmp_path) -> None:
+    rec = bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=2, out=tmp_path, **FAST)
+    path = record_path(tmp_path, suite="adhoc", dataset="synthetic", model="mlp:16", rule="bp", seed=0)
+    d = json.loads(path.read_text())
+    for key in ("rule", "dataset", "model", "seed", "test_acc", "val_acc", "epochs", "train_time_s",
+                "epoch_time_s", "peak_mem_bytes", "energy_j", "energy_method", "status", "config",
+                "machine", "commit"):
+        assert key in d, key
+    assert d["config"]["train"]["epochs"] == 2 and d["machine"]["torch"]
+    again = bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=2, out=tmp_path, **FAST)
+    assert again.created == rec.created  # read back, not retrained
+
+
+def test_divergence_is_recorded_not_raised(tmp_path) -> None:
+    rec = bpfree.train(rule="bp", model="mlp:64,64", data="synthetic", epochs=3, lr=1e6,
+                       optimizer="sgd", out=tmp_path, **FAST)
+    assert rec.status == "diverged" and "lower the learning rate" in rec.error
+    assert rec.test_acc is None
+
+
+def test_early_stopping_restores_best() -> None:
+    rec = bpfree.train(rule="bp", model="mlp:64", data="synthetic", epochs=30, patience=2,
+                       lr=3e-2, **FAST)
+    assert rec.status in ("early-stopped", "ok")
+    if rec.status == "early-stopped":
+        assert rec.epochs < 30 and rec.best_epoch <= rec.epochs - 2
+
+
+def test_resume_from_checkpoint_matches_uninterrupted(tmp_path) -> None:
+    """Stop after 2 of 4 epochs (checkpoint kept), resume: same result as one 4-epoch run."""
+    full = bpfree.train(rule="dfa", model="mlp:32", data="synthetic", epochs=4, **FAST)
+    train_mod = sys.modules["bpfree.train"]  # the module (bpfree.train is the function)
+
+    calls = {"n": 0}
+    orig = train_mod.Trainer._save_ckpt
+
+    def crash_after_two(self) -> None:
+        orig(self)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    train_mod.Trainer._save_ckpt = crash_after_two
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bpfree.train(rule="dfa", model="mlp:32", data="synthetic", epochs=4, out=tmp_path, **FAST)
+    finally:
+        train_mod.Trainer._save_ckpt = orig
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    assert len(ckpts) == 1
+    resumed = bpfree.train(rule="dfa", model="mlp:32", data="synthetic", epochs=4, out=tmp_path, **FAST)
+    assert resumed.epochs == 4 and not list(tmp_path.rglob("*.ckpt"))
+    assert resumed.test_acc == pytest.approx(full.test_acc)
+    assert [c["val_acc"] for c in resumed.curve] == pytest.approx([c["val_acc"] for c in full.curve])
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="epochz"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ConfigError, match="batch_size"):
+        TrainConfig.from_dict({"batch_size": "big"})
+    with pytest.raises(ConfigError, match="optimizer"):
+        TrainConfig(optimizer="adamm")
+    with pytest.raises(ConfigError, match="unknown model"):
+        bpfree.train(rule="bp", model="mpl:10", data="synthetic", epochs=1, **FAST)
+
+
+def test_shape_mismatch_is_a_clear_error() -> None:
+    with pytest.raises(Exception, match="(?i)length|mismatch|samples"):
+        bpfree.train(rule="bp", model="mlp:8", data=(torch.randn(10, 3), torch.zeros(9).long()),
+                     epochs=1, **FAST)
+
+
+def test_meters_fill_the_record() -> None:
+    rec = bpfree.train(rule="mf", model="mlp:32", data="synthetic", epochs=2,
+                       progress=False, batch_size=64)
+    assert rec.train_time_s > 0 and rec.epoch_time_s > 0 and len(rec.epoch_times_s) == 2
+    assert rec.peak_mem_bytes and rec.peak_mem_bytes > 0
+    assert rec.energy_method is not None
+    assert rec.energy_j is None or rec.energy_j > 0
+    if rec.energy_method.startswith("estimate"):
+        assert rec.energy_j > 0
+    assert rec.flops_per_step and rec.flops_per_step > 0
