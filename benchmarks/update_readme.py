@@ -1,0 +1,87 @@
+"""Regenerate the README's results section from the committed records in benchmarks/records/.
+
+    python benchmarks/update_readme.py [--check]
+
+Every number in the README's results section comes from here: the records name the machine, the
+commit and the config; this script only formats them (mean ± std over seeds, ratios to the BP twin
+of the same dataset and model, paired step-time ratios from ``steptime*.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bpfree.bench import markdown_table, summarize
+from bpfree.records import load_records
+
+HERE = Path(__file__).parent
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _machine_line(machines: list[dict]) -> str:
+    descr = Counter(f"{m.get('cpu_model') or m.get('platform')}, {m.get('logical_cores')} logical cores, "
+                    f"torch {m.get('torch')}, {m.get('cuda_device') or 'no GPU'}" for m in machines)
+    return "; ".join(f"{d} ({n} records)" for d, n in descr.most_common())
+
+
+def steptime_section(root: Path) -> str:
+    parts = []
+    for f in sorted(root.rglob("steptime*.json")):
+        blob = json.loads(f.read_text())
+        rows = ["| rule | median step ms | min–max ms | × bp (median of paired ratios) | n |",
+                "|---|---|---|---|---|"]
+        for name, r in blob["rules"].items():
+            rows.append(f"| {name} | {1e3 * r['median_step_s']:.1f} | {1e3 * r['min_s']:.1f}–"
+                        f"{1e3 * r['max_s']:.1f} | {statistics.median(r['ratios_per_repeat']):.2f} "
+                        f"| {len(r['times_s'])} |")
+        m = blob["machine"]
+        parts.append(f"**{blob['what']}** — `{f.relative_to(HERE.parent)}`, commit "
+                     f"`{(blob.get('commit') or '?')[:10]}`{' (dirty)' if blob.get('dirty') else ''}, "
+                     f"{m.get('cpu_model')}, {blob.get('torch_threads')} torch threads:\n\n" + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def build() -> str:
+    root = HERE / "records"
+    out = []
+    for group in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        recs = load_records(group)
+        if not recs:
+            continue
+        commits = sorted({(r.commit or "?")[:10] + ("+dirty" if r.dirty else "") for r in recs})
+        out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")
+        out.append(f"Machine: {_machine_line([r.machine for r in recs])}. Commits: "
+                   f"{', '.join(f'`{c}`' for c in commits)}. Epoch time is the median over epochs "
+                   f"(warm-up epoch excluded) of a run on a shared machine; peak memory is the "
+                   f"training-phase peak above the pre-training baseline.\n")
+        out.append(markdown_table(summarize(recs)) + "\n")
+        st = steptime_section(group)
+        if st:
+            out.append("Paired step timing (rules take turns on the same batches; robust to machine load):\n")
+            out.append(st + "\n")
+    return "\n".join(out) if out else "(no committed records yet)"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--check", action="store_true", help="fail if the README is out of date")
+    args = ap.parse_args()
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{build()}\n{END}{tail}"
+    if args.check:
+        return 0 if new == text else 1
+    README.write_text(new)
+    print(f"updated {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
