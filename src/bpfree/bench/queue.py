@@ -54,6 +54,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def tidy(record: Path) -> None:
+    """Remove what an interrupted worker may leave next to a *finished* record: its checkpoint,
+    a half-written checkpoint, and an unlocked claim file."""
+    for q in (record.with_suffix(".ckpt"), record.with_suffix(".ckpt.tmp")):
+        q.unlink(missing_ok=True)
+    claim = record.with_suffix(".claim")
+    if claim.exists():
+        try:
+            fd = os.open(claim, os.O_RDWR)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            claim.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # its holder is finishing it and removes it itself
+        finally:
+            os.close(fd)
+
+
 # ------------------------------------------------------------------------------------------------
 # file queue
 
@@ -106,6 +126,9 @@ class FileQueue:
 
     def done_keys(self, specs: list[Any]) -> set[str]:
         return {run_key(self.suite, s) for s in specs if self.is_done(s)}
+
+    def tidy(self, spec: Any) -> None:
+        tidy(self.path(spec))
 
     def claim(self, spec: Any) -> FileClaim | None:
         """Lock the run's claim file, or None when another live worker holds it or it is done."""
@@ -298,6 +321,11 @@ class SqlQueue:
 
     def is_done(self, spec: Any) -> bool:
         return run_key(self.suite, spec) in self.done_keys([spec])
+
+    def tidy(self, spec: Any) -> None:
+        p = self.local_path(spec)
+        if p is not None and p.is_file():
+            tidy(p)
 
     def claim(self, spec: Any) -> SqlClaim | None:
         import sqlalchemy as sa

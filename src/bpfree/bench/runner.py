@@ -71,7 +71,8 @@ def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueu
         try:
             rec = train(rule=spec.rule, model=spec.model, data=spec.dataset, rule_options=options,
                         out=out, suite=suite.name, data_dir=data_dir, on_epoch=on_epoch,
-                        **train_opts)
+                        resume=False,  # the queue decided this run is due (e.g. --retry-failed);
+                        **train_opts)  # its per-epoch checkpoint is still resumed
             if tuned:
                 rec.extra = dict(rec.extra or {}, tuned={k: tuned.get(k) for k in
                                                          ("study", "trial", "value", "params")})
@@ -97,6 +98,8 @@ def work(suite: Suite, out: str | Path, queue: FileQueue | SqlQueue, *,
     keys = {run_key(suite.name, s): s for s in suite.runs}
     attempted: set[str] = set()  # never retry a run twice in one invocation
     done = queue.done_keys(suite.runs)
+    for k in done & keys.keys():  # leftovers of a worker killed between record and clean-up
+        queue.tidy(keys[k])
     bar = _bar(None, progress, desc=f"suite {suite.name}", unit="run", total=len(keys),
                initial=len(done))
     trained = 0
