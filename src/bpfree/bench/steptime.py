@@ -48,7 +48,7 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
     trainers = {}
     for name in rules:
         torch.manual_seed(seed)
-        task = Task(splits.in_shape, splits.num_classes)
+        task = Task(splits.in_shape, splits.num_classes, meta=splits.meta)  # meta: e.g. a graph
         rule = make_rule(name, **(rule_options or {}).get(name, {}))
         rec = RunRecord(rule=name, dataset=bundle.name, model=model, seed=seed, suite="steptime")
         trainers[name] = Trainer(rule, build_model(model, task), splits, cfg, record=rec)
