@@ -27,7 +27,8 @@ second full first-layer matmul — identical numbers, a third fewer FLOPs than a
 
 Paper defaults (Table 6 / authors' code for MNIST, 1×1024 ReLU, no biases): F uniform in
 ``±0.05·√(6/d_in)``, SGD with momentum 0.9, lr 0.01, batch 64, lr × 0.1 at epochs 60 and 90
-(100 epochs), dropout 10 % (same mask in both passes), He-uniform weights. **The paper requires
+(100 epochs), dropout 10 % (same mask in both passes), He-uniform weights (the rule re-draws the
+model's weights as U(±√(6/fan_in)) at bind; ``init="default"`` keeps nn.Linear's init). **The paper requires
 its own optimizer**: train it with :attr:`recommended_train` (SGD 0.9, lr 0.01, batch 64); the lr
 decay is applied by the rule itself (the update is scaled by ``decay_factor`` per passed milestone
 of ``decay_epochs``). Anchor: MNIST 98.0 % (BP 98.6 %).
@@ -61,7 +62,7 @@ class PEPITA(LearningRule):
     search_space = {"lr": ("log", 1e-3, 1e-1), "feedback_scale": ("log", 0.01, 0.5)}
 
     def __init__(self, feedback_scale: float = 0.05, dropout: float = 0.1,
-                 decay_epochs: str = "60,90", decay_factor: float = 0.1, init: str = "default",
+                 decay_epochs: str = "60,90", decay_factor: float = 0.1, init: str = "he_uniform",
                  mirror: bool = False, wm_lr: float = 0.01, wm_decay: float = 0.1,
                  wm_noise: float = 0.1) -> None:
         super().__init__()
