@@ -48,7 +48,7 @@ def _failed_record(suite: Suite, spec: RunSpec, exc: BaseException) -> RunRecord
 
 def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueue | SqlQueue, *,
              data_dir: str | Path | None, device: str, progress: bool, use_tuned: bool,
-             storage: str | None) -> RunRecord:
+             storage: str | None, bar: Any = None) -> RunRecord:
     path = FileQueue(out, suite.name).path(spec)
     train_opts = dict(spec.train)
     options = dict(spec.options)
@@ -64,7 +64,10 @@ def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueu
     epochs = train_opts.get("epochs")
 
     def on_epoch(epoch: int, val: float | None) -> None:
-        claim.update(epoch=epoch, epochs=epochs, val_acc=val)
+        claim.update(epoch=epoch, epochs=epochs, val_acc=val)  # other workers' monitors see it
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{spec.label} · epoch {epoch}/{epochs}"
+                                + (f" · val {val:.4f}" if val is not None else ""))
 
     finished = False
     try:
@@ -118,7 +121,7 @@ def work(suite: Suite, out: str | Path, queue: FileQueue | SqlQueue, *,
                     bar.set_postfix_str(spec.label)
                 t0 = time.time()
                 rec = _run_one(suite, spec, out, claim, queue, data_dir=data_dir, device=device,
-                               progress=progress, use_tuned=use_tuned, storage=storage)
+                               progress=progress, use_tuned=use_tuned, storage=storage, bar=bar)
                 trained += 1
                 ran = True
                 acc = "-" if rec.test_acc is None else f"{100 * rec.test_acc:.2f}%"
