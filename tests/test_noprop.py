@@ -1,0 +1,117 @@
+"""NoProp: the schedule algebra (oracle: Gaussian conditioning), block isolation, the audit against
+the BP twin on the same model, and a short learning test on real MNIST."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bpfree import Task, make_rule
+from bpfree.audit import audit
+from bpfree.models import build_model
+from bpfree.models.noprop import NoPropNet
+from bpfree.rule import ConfigError
+
+SMALL = "noprop:8,T=3,width=16,dropout=0"
+
+
+def _bound(name: str = "noprop", spec: str = SMALL, seed: int = 0):
+    task = Task((1, 8, 8), 10)
+    torch.manual_seed(seed)
+    model = build_model(spec, task)
+    return make_rule(name).bind(model, task, torch.Generator().manual_seed(seed))
+
+
+def _xy(n: int = 16):
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(n, 1, 8, 8, generator=g), torch.randint(10, (n,), generator=g)
+
+
+def test_eq3_coefficients_are_the_gaussian_posterior() -> None:
+    """a_t, b_t, c_t of eq. 3 equal q(z_t | z_{t-1}, y), derived here by Gaussian conditioning."""
+    net = build_model("noprop:T=10,cnn=false,width=8", Task((4,), 3))
+    ab = net.alpha_bar.double()
+    assert ab[0] < 1e-6 and ab[-1] > 0.99 and (ab[1:] > ab[:-1]).all()
+    for t in range(1, 11):
+        a, b, c = net.step_coeffs(ab[t - 1], ab[t])
+        alpha = ab[t - 1] / ab[t]  # z_{t-1} = √α z_t + √(1-α) ε,  z_t ~ N(√ᾱ_t u, 1-ᾱ_t)
+        prec = 1 / (1 - ab[t]) + alpha / (1 - alpha)
+        torch.testing.assert_close(c, 1 / prec)
+        torch.testing.assert_close(a, ab[t].sqrt() / (1 - ab[t]) / prec)
+        torch.testing.assert_close(b, alpha.sqrt() / (1 - alpha) / prec)
+
+
+def test_blocks_learn_in_isolation() -> None:
+    """Block t's gradient does not depend on any other block: change block 0's weights and the
+    other blocks' gradients are bit-for-bit the same (same seed, same noise)."""
+    x, y = _xy()
+    grads = []
+    for perturb in (False, True):
+        rule = _bound()
+        if perturb:
+            with torch.no_grad():
+                for p in rule.net.block0.parameters():
+                    p.add_(torch.randn_like(p))
+        rule.step(x, y)
+        grads.append({n: p.grad.clone() for n, p in rule.net.named_parameters()
+                      if p.grad is not None and not n.startswith("block0.")})
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("block2.") for k in grads[0])
+    for k in grads[0]:
+        if k.startswith("head.W_embed"):
+            continue  # the shared embedding sums every block's term (paper Algorithm 1)
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=0)
+
+
+def test_every_block_and_the_output_unit_are_trained() -> None:
+    rule = _bound()
+    rule.step(*_xy())
+    for name, p in rule.net.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_audit_passes_and_the_bp_twin_crosses_the_chain() -> None:
+    rep = audit("noprop")
+    assert rep.passed and not rep.crossings, rep.summary()
+    twin = audit("bp", model=SMALL)  # same model, trained end to end through the T-step chain
+    assert any(c.startswith("block1 -> block0") for c in twin.crossings), twin.summary()
+    assert any(c.startswith("head -> block2") for c in twin.crossings), twin.summary()
+    for name in ("noprop-ct", "noprop-fm"):
+        assert audit(name).passed
+
+
+def test_predict_is_deterministic_and_shaped() -> None:
+    rule = _bound()
+    x, _ = _xy()
+    a, b = rule.predict(x), rule.predict(x)
+    assert a.shape == (16, 10)
+    torch.testing.assert_close(a, b)
+
+
+def test_wrong_model_is_an_error_naming_it() -> None:
+    task = Task((1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="noprop"):
+        make_rule("noprop").bind(build_model("mlp:16", task), task, torch.Generator())
+    with pytest.raises(ConfigError, match="kind"):
+        make_rule("noprop-fm").bind(build_model(SMALL, task), task, torch.Generator())
+    with pytest.raises(ConfigError, match="kind"):
+        build_model("noprop:kind=xx", task)
+    assert isinstance(build_model("noprop:kind=ct,T=5", task), NoPropNet)
+
+
+@pytest.mark.slow
+def test_learns_real_mnist(mnist_dir) -> None:
+    """A small NoProp-DT (MLP image branch) on 10k real MNIST digits, 2 epochs: well above chance."""
+    from dataclasses import replace
+
+    from bpfree import train
+    from bpfree.data import load_dataset
+
+    full = load_dataset("mnist", mnist_dir)
+    bundle = replace(full, name="mnist-10k", x_train=full.x_train[:10000],
+                     y_train=full.y_train[:10000], x_test=full.x_test[:2000],
+                     y_test=full.y_test[:2000])
+    rec = train(rule="noprop", model="noprop:T=4,cnn=false,width=64,dropout=0", data=bundle,
+                epochs=2, lr=1e-3, batch_size=128, optimizer="adamw", weight_decay=1e-3,
+                progress=False, measure_flops=False, energy=False, threads=1)
+    assert rec.status == "ok", rec.error
+    assert rec.test_acc is not None and rec.test_acc > 0.85, rec.test_acc
