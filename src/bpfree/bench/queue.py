@@ -148,8 +148,9 @@ class FileQueue:
             if not same:
                 os.close(fd)
                 continue
-            if self.is_done(spec):  # finished while we were looking
-                os.close(fd)
+            if self.is_done(spec):  # finished while we were looking: our open may have
+                path.unlink(missing_ok=True)  # re-created the claim file, so remove it (we hold
+                os.close(fd)  # the lock on the current file; racers re-check and skip)
                 return None
             return FileClaim(path, fd, self.worker, spec.label)
         return None
