@@ -102,9 +102,8 @@ def test_eggroll_lowrank_forward_equals_explicit_perturbed_forward(share_batch: 
         xin = x if share_batch else x.view(pop, -1, *x.shape[1:])
         fast = rule.population_forward(xin, noise, shared=share_batch)  # (N, B, C)
         lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        H = pop // 2
         for i in range(pop):
-            k, sgn = i % H, (1.0 if i < H else -1.0)
+            k, sgn = i // 2, (1.0 if i % 2 == 0 else -1.0)  # members 2j, 2j+1 mirror pair j
             params = {}
             for name, lin, z in zip(("block0.1", "block1.0", "head.0"), lins, noise):
                 E = z["A"][k] @ z["B"][k].t() / math.sqrt(r)  # (m, n): only in the test
@@ -128,9 +127,8 @@ def test_eggroll_update_is_the_fitness_weighted_sum_of_lowrank_perturbations() -
         rule._generator.set_state(gen_state)
         noise = rule.sample(x.device)
     u = shape_fitness(-losses, "centered_rank")
-    H = pop // 2
     for g, z in zip(grads, noise):
-        ref = sum(u[i] * (1 if i < H else -1) * z["A"][i % H] @ z["B"][i % H].t()
+        ref = sum(u[i] * (1 if i % 2 == 0 else -1) * z["A"][i // 2] @ z["B"][i // 2].t()
                   for i in range(pop))
         torch.testing.assert_close(g["weight"], -ref / (pop * sigma * math.sqrt(r)))
 

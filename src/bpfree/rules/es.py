@@ -29,7 +29,8 @@ The update (paper eq. for the EGGROLL estimator)
     ĝ_W = 1/(Nσ√r) Σ_i F_i A_i B_iᵀ = 1/(Nσ√r) (A · diag(F)) Bᵀ
 
 is *one* matmul of the stacked factors ``(m × N r) @ (N r × n)``: the per-member updates are
-low-rank but their sum is full-rank. Mirrored pairs share ``(A_i, B_i)`` with opposite sign.
+low-rank but their sum is full-rank. Mirrored pairs (members 2j, 2j+1) share ``(A_j, B_j)`` with
+opposite sign.
 
 Data: ``share_batch=True`` (default) evaluates every member on the same mini-batch (common random
 numbers: the members' fitness differences then come from their perturbations only); with
@@ -191,26 +192,34 @@ class EGGROLL(_EvolutionRule):
 
     # -- the batched population forward -----------------------------------------------------------
     def _linear(self, h: Tensor, lin: nn.Linear, z: dict[str, Tensor], shared: bool) -> Tensor:
-        """``x Wᵀ + b + σ/√r (x B_i) A_iᵀ + σ ε_b`` for every member, without forming ``A_i B_iᵀ``."""
+        """``x Wᵀ + b + σ/√r (x B_i) A_iᵀ + σ ε_b`` for every member, without forming ``A_i B_iᵀ``.
+
+        Members are laid out ``(H, 2)``: member ``2j`` uses ``+(A_j, B_j, ε_b,j)``, member
+        ``2j+1`` the mirrored ``−``. The bias noise rides along as an extra rank-1 column
+        (``x̃ = [xB, √r]``, ``Ã = [A, ε_b]``), so the whole perturbation is one fused
+        ``baddbmm`` onto the base product.
+        """
         A, Bf = z["A"], z["B"]  # (H, m, r), (H, n, r)
         H, m, r = A.shape
         s = self.sigma / math.sqrt(r)
-        sign = torch.tensor([1.0, -1.0], dtype=h.dtype, device=h.device).view(2, 1, 1, 1)
         if shared:  # h: (B, n), the same rows for every member
-            base = F.linear(h, lin.weight, lin.bias)  # (B, m): computed once
-            xb = (h @ Bf.permute(1, 0, 2).reshape(Bf.shape[1], H * r))  # (B, H·r)
-            xb = xb.view(-1, H, r).transpose(0, 1)  # (H, B, r)
-            pert = torch.bmm(xb, A.transpose(1, 2)).unsqueeze(0) * sign  # (2, H, B, m)
-            out = base + s * pert
-        else:  # h: (N, B, n), member i's own rows; members i and H+i share ±(A_i, B_i)
+            Bsz, n = h.shape
+            base = F.linear(h, lin.weight, lin.bias)  # (B, m): computed once for all members
+            xb = (h @ Bf.permute(1, 0, 2).reshape(n, H * r)).view(Bsz, H, r).transpose(0, 1)
+            xb = torch.stack([xb, -xb], 1)  # (H, 2, B, r): mirrored pairs (small)
+            base = base.repeat(2, 1)  # (2B, m), broadcast over H by baddbmm
+        else:  # h: (N, B, n), member i's own rows
             N, Bsz, n = h.shape
-            base = F.linear(h, lin.weight, lin.bias).view(2, H, Bsz, m)  # one matmul for all
-            hp = h.view(2, H, Bsz, n).transpose(0, 1).reshape(H, 2 * Bsz, n)  # (H, 2B, n)
-            pert = torch.bmm(torch.bmm(hp, Bf), A.transpose(1, 2))  # (H, 2B, m)
-            out = base + s * pert.view(H, 2, Bsz, m).transpose(0, 1) * sign
+            base = F.linear(h, lin.weight, lin.bias).view(H, 2 * Bsz, m)  # one matmul for all
+            xb = torch.bmm(h.view(H, 2 * Bsz, n), Bf).view(H, 2, Bsz, r)  # (H, 2, B, r)
+            xb[:, 1].neg_()  # the mirrored member: −(x B) (r numbers per row)
         if "b" in z:
-            out = out + self.sigma * z["b"].unsqueeze(1) * sign  # (2, H, 1, m)
-        return out.reshape(2 * H, -1, m)  # (N, B, m)
+            ones = torch.full((H, 2, Bsz, 1), math.sqrt(r), dtype=h.dtype, device=h.device)
+            ones[:, 1].neg_()
+            xb = torch.cat([xb, ones], -1)  # (H, 2, B, r+1)
+            A = torch.cat([A, z["b"].unsqueeze(-1)], -1)  # (H, m, r+1)
+        out = torch.baddbmm(base, xb.reshape(H, 2 * Bsz, -1), A.transpose(1, 2), alpha=s)
+        return out.view(2 * H, Bsz, m)  # (N, B, m)
 
     def population_forward(self, x: Tensor, noise: list[dict[str, Tensor]],
                            shared: bool = True) -> Tensor:
@@ -249,7 +258,7 @@ class EGGROLL(_EvolutionRule):
         losses = self.fitness_losses(x, y, noise)
         u = shape_fitness(-losses, self.fitness_shaping)  # fitness = −loss
         H, N, sigma, r = self.population // 2, self.population, self.sigma, self.rank
-        d = u[:H] - u[H:]  # (H,): mirrored pairs, u⁺ − u⁻
+        d = u[0::2] - u[1::2]  # (H,): mirrored pairs (members 2j, 2j+1), u⁺ − u⁻
         grads = []
         for z in noise:
             A, Bf = z["A"], z["B"]
