@@ -1,0 +1,235 @@
+"""Block-local learning with auxiliary networks: DGL, AugLocal and MAN.
+
+The model's blocks are split into gradient-isolated modules (one module = one block: the stem or
+one residual block of :mod:`bpfree.models.resnet`). Module k receives its input *detached*,
+computes ``h_k = f_k(h_{k-1}.detach())`` and is trained only by the cross-entropy of its own
+auxiliary network ``a_k``:
+
+    L_k = CE(a_k(f_k(h_{k-1}.detach())), y),     θ_k, ψ_k ← ∇_{θ_k, ψ_k} L_k only      (DGL eq. 2)
+
+The last module's "auxiliary network" is the model's own head, so the network that predicts is
+exactly the BP twin and nothing rule-owned is used at test time. All modules are trained on the
+same batch in one step ("simultaneous" DGL, Belilovsky et al. Alg. 1; the Trainer's optimizer
+applies every module's gradient). The three rules differ only in ``a_k``:
+
+- **dgl** (Belilovsky, Eickenberg, Oyallon, ICML 2020, https://arxiv.org/abs/1901.08164):
+  a small CNN: ``aux_convs`` × (1x1 conv + BN + ReLU, same width), adaptive average pooling to
+  2x2, then an MLP of ``aux_mlp`` Linear layers (hidden width 4C = the pooled size), as in the
+  paper's CIFAR auxiliary problem (2x2 spatial averaging + MLP).
+- **auglocal** (Ma, Wu, Si, Tan, ICLR 2024, https://arxiv.org/abs/2402.17318): ``a_k`` is built
+  from a *uniform subset of the layers after k* of the primary network (same layer types and
+  output shapes, their own freshly initialised weights), followed by a copy of the classifier
+  (GAP + Linear). Its depth shrinks linearly with k ("pyramidal depth"):
+  ``d_k = round(d_min + (d - d_min)·(K-2-k)/(K-2))`` for the K-1 hidden modules, capped by the
+  number of layers after k; layer i of ``a_k`` mirrors primary layer ``k + round(i·(K-1-k)/d_k)``,
+  i = 1..d_k (so the last one is always the primary network's last block).
+- **man** (Su et al., ECCV 2024, https://arxiv.org/abs/2407.05623): ``a_k`` starts with a
+  momentum copy of the *next* block, ``θ̃_{k+1} ← m·θ̃_{k+1} + (1-m)·θ_{k+1}`` after every step
+  (not trained by gradient; the gradient only flows *through* it into module k), plus a
+  learnable per-channel bias ``b_k`` on its output ("learnable bias", closing the feature gap
+  between the EMA block and module k's features), followed by the DGL auxiliary head.
+
+Memory: module k's backward runs right after its forward and its graph is freed before module
+k+1 runs, so the peak holds one module's (+ its auxiliary net's) activations instead of the whole
+network's, which is where the 40-45 % GPU-memory savings reported by AugLocal/MAN come from.
+
+Defaults: Adam via the Trainer (papers: SGD + momentum, cosine schedule, 400 CIFAR epochs). DGL's
+auxiliary MLP depth 3 and 2x2 pooling follow the DGL paper's CIFAR setup; AugLocal's d = 3 and
+d_min = 1 are scaled down from the paper's deeper auxiliary nets on ResNet-32/110 (it studies
+d = 2..6); MAN's m = 0.995 is [unverified] against the paper's text.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..models import block_output_shapes
+from ..models.resnet import BasicBlock
+from ..rule import ConfigError, LearningRule, Task, register
+
+_RESNET = "resnet:4,width=8"
+
+
+def dgl_head(shape: tuple[int, ...], num_classes: int, convs: int, mlp: int) -> nn.Sequential:
+    """DGL's auxiliary classifier: [1x1 conv+BN+ReLU]×convs, avg-pool to 2x2, MLP (mlp Linears)."""
+    mods: list[nn.Module] = []
+    if len(shape) == 3:
+        c = shape[0]
+        for _ in range(convs):
+            mods += [nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+        mods.append(nn.AdaptiveAvgPool2d(2))
+        d = 4 * c
+    else:
+        d = math.prod(shape)
+    mods.append(nn.Flatten())
+    for _ in range(mlp - 1):
+        mods += [nn.Linear(d, d), nn.ReLU()]
+    mods.append(nn.Linear(d, num_classes))
+    return nn.Sequential(*mods)
+
+
+class _AuxLocal(LearningRule):
+    """Shared machinery: detach between modules, one backward per module, head = last aux."""
+
+    family = "local-aux"
+    locality = "block"
+    head_is_local = True  # the head is the last module's auxiliary classifier
+    native_model = "resnet:8,width=16"
+    small_model = _RESNET
+    small_in_shape = (1, 8, 8)
+    smoke_model = "resnet:3,width=8"
+    smoke = {"epochs": 5, "lr": 3e-3, "threads": 1}  # 1 thread: 15x faster on the shared CPU
+    search_space = {"lr": ("log", 1e-4, 1e-2)}
+
+    def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
+        shapes = block_output_shapes(model, task.in_shape)[:-1]  # (C, H, W) of every block
+        if len(shapes) < 2:
+            raise ConfigError(f"rule {self.name!r} needs a model with >= 2 blocks + head")
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):  # init from the run's seed, global RNG untouched
+            torch.manual_seed(seed)
+            self.aux = nn.ModuleList(self._make_aux(k, shapes, task) for k in range(len(shapes) - 1))
+
+    def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
+        raise NotImplementedError
+
+    def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        *blocks, head = self.blocks
+        h = x
+        total = x.new_zeros(())
+        loss = total
+        for k, block in enumerate(blocks):
+            out = block(h.detach())  # module k's loss must not reach module k-1
+            logits = head(out) if k == len(blocks) - 1 else self.aux[k](out)  # (B, C)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()  # now, so module k's graph is freed before module k+1 runs
+            total = total + loss.detach()
+            h = out.detach()
+        self._after_step()
+        return {"loss": loss, "loss_sum": total}
+
+    def _after_step(self) -> None:
+        """Hook for rules with non-gradient state (MAN's momentum copies)."""
+
+
+@register
+class DGL(_AuxLocal):
+    """Decoupled Greedy Learning: every module has a small CNN auxiliary classifier."""
+
+    name = "dgl"
+    paper = "https://arxiv.org/abs/1901.08164"
+
+    def __init__(self, aux_convs: int = 1, aux_mlp: int = 3) -> None:
+        super().__init__()
+        if aux_convs < 0:
+            raise ValueError(f"aux_convs must be >= 0, got {aux_convs}")
+        if aux_mlp < 1:
+            raise ValueError(f"aux_mlp (Linear layers in the auxiliary MLP) must be >= 1, got {aux_mlp}")
+        self.aux_convs, self.aux_mlp = aux_convs, aux_mlp
+
+    def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
+        return dgl_head(shapes[k], task.num_classes, self.aux_convs, self.aux_mlp)
+
+
+def _mirror(block: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> nn.Module:
+    """A freshly initialised layer of ``block``'s type and output shape, fed ``in_shape``."""
+    if isinstance(block, BasicBlock):
+        stride = 2 if len(out_shape) == 3 and out_shape[1] < in_shape[1] else 1
+        return BasicBlock(in_shape[0], out_shape[0], stride)
+    m = copy.deepcopy(block)  # generic block: same type; re-initialise its weights
+    for sub in m.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return m
+
+
+@register
+class AugLocal(_AuxLocal):
+    """AugLocal: auxiliary nets from a uniform subset of later layers, pyramidal depth."""
+
+    name = "auglocal"
+    paper = "https://arxiv.org/abs/2402.17318"
+
+    def __init__(self, aux_depth: int = 3, min_depth: int = 1) -> None:
+        super().__init__()
+        if not 1 <= min_depth <= aux_depth:
+            raise ValueError(f"need 1 <= min_depth <= aux_depth, got min_depth={min_depth}, "
+                             f"aux_depth={aux_depth}")
+        self.aux_depth, self.min_depth = aux_depth, min_depth
+
+    def depth(self, k: int, n_modules: int) -> int:
+        """Pyramidal depth d_k of module k's auxiliary net (k = 0..K-2 of K modules)."""
+        frac = (n_modules - 2 - k) / (n_modules - 2) if n_modules > 2 else 1.0
+        d = round(self.min_depth + (self.aux_depth - self.min_depth) * frac)
+        return max(1, min(d, n_modules - 1 - k))
+
+    def selected(self, k: int, n_modules: int) -> list[int]:
+        """Indices of the primary layers module k's auxiliary net mirrors (uniform, ends at K-1)."""
+        d, later = self.depth(k, n_modules), n_modules - 1 - k
+        return [k + round(i * later / d) for i in range(1, d + 1)]
+
+    def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
+        blocks = self.blocks[:-1]
+        mods, cur = [], shapes[k]
+        for j in self.selected(k, len(blocks)):
+            mods.append(_mirror(blocks[j], cur, shapes[j]))
+            cur = shapes[j]
+        head = copy.deepcopy(self.blocks[-1])  # the classifier's type, fresh weights
+        for sub in head.modules():
+            if hasattr(sub, "reset_parameters"):
+                sub.reset_parameters()
+        aux = nn.Sequential(*mods, head)
+        with torch.no_grad():  # fail at bind time, with a clear message, if shapes do not chain
+            try:
+                aux.eval()(torch.zeros(2, *shapes[k]))
+            except RuntimeError as exc:
+                raise ConfigError(f"auglocal cannot mirror the layers after block {k} of this "
+                                  f"model ({exc}); use a resnet model") from None
+        return aux.train()
+
+
+class _BiasAdd(nn.Module):
+    """MAN's learnable bias: ``z + b`` with one value per channel, b initialised to 0."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.b = nn.Parameter(torch.zeros(shape[0], *([1] * (len(shape) - 1))))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return z + self.b
+
+
+@register
+class MAN(_AuxLocal):
+    """Momentum Auxiliary Network: EMA copy of the next block + learnable bias + DGL head."""
+
+    name = "man"
+    paper = "https://arxiv.org/abs/2407.05623"
+
+    def __init__(self, momentum: float = 0.995, aux_convs: int = 1, aux_mlp: int = 3) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if aux_convs < 0 or aux_mlp < 1:
+            raise ValueError(f"need aux_convs >= 0 and aux_mlp >= 1, got {aux_convs}, {aux_mlp}")
+        self.momentum, self.aux_convs, self.aux_mlp = momentum, aux_convs, aux_mlp
+
+    def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
+        ema = copy.deepcopy(self.blocks[k + 1])  # θ̃_{k+1} starts equal to θ_{k+1}
+        for p in ema.parameters():
+            p.requires_grad_(False)  # updated by EMA only; gradients pass *through* it
+        return nn.Sequential(ema, _BiasAdd(shapes[k + 1]),
+                             dgl_head(shapes[k + 1], task.num_classes, self.aux_convs, self.aux_mlp))
+
+    @torch.no_grad()
+    def _after_step(self) -> None:
+        m = self.momentum
+        for k, aux in enumerate(self.aux):
+            src = dict(self.blocks[k + 1].named_parameters())
+            for n, p in aux[0].named_parameters():  # θ̃ ← m θ̃ + (1 - m) θ  (MAN eq. EMA)
+                p.lerp_(src[n], 1.0 - m)

@@ -1,0 +1,176 @@
+"""DGL, AugLocal and MAN: the ResNet builder, oracles against autograd, memory, learning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bpfree import Task, make_rule
+from bpfree.models import build_model
+from bpfree.models.resnet import BasicBlock
+
+LOCAL = ["dgl", "auglocal", "man"]
+
+
+def _bound(name: str, spec: str = "resnet:4,width=8", in_shape=(1, 12, 12), seed: int = 0, **hp):
+    task = Task(in_shape, 10)
+    torch.manual_seed(seed)
+    return make_rule(name, **hp).bind(build_model(spec, task), task, torch.Generator().manual_seed(seed))
+
+
+def _batch(in_shape=(1, 12, 12), n: int = 8):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(n, *in_shape, generator=g), torch.randint(10, (n,), generator=g)
+
+
+@pytest.mark.parametrize("in_shape,n,out_hw", [((1, 28, 28), 8, 7), ((3, 32, 32), 16, 8)])
+def test_resnet_shapes(in_shape, n, out_hw) -> None:
+    m = build_model(f"resnet:{n},width=8", Task(in_shape, 10))
+    names = [k for k, _ in m.named_children()]
+    assert names == [f"block{i}" for i in range(n + 1)] + ["head"]
+    assert sum(isinstance(b, BasicBlock) for b in m.children()) == n
+    h = torch.randn(2, *in_shape)
+    for child in list(m.children())[:-1]:
+        h = child(h)
+    assert h.shape == (2, 32, out_hw, out_hw)  # 3 stages: 8 -> 16 -> 32 channels, H/4
+    assert m(torch.randn(2, *in_shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_grads_equal_per_module_autograd(name: str) -> None:
+    """Oracle: module k's gradient is ∇_{θ_k} CE(a_k(f_k(h_{k-1}.detach())), y), nothing else."""
+    rule = _bound(name)
+    ref = _bound(name)  # identical copy, gradients by plain autograd one module at a time
+    x, y = _batch()
+    rule.step(x, y)
+    *blocks, head = ref.blocks
+    ref.train()
+    h = x
+    for k, block in enumerate(blocks):
+        for p in ref.parameters():
+            p.grad = None
+        out = block(h.detach())
+        logits = head(out) if k == len(blocks) - 1 else ref.aux[k](out)
+        params = list(block.parameters())
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), params)
+        for p_rule, g in zip(rule.blocks[k].parameters(), grads):
+            torch.testing.assert_close(p_rule.grad, g)
+        h = out
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_module_gradient_ignores_later_modules(name: str) -> None:
+    """Block 0's gradient must not change when every later module is perturbed."""
+    a, b = _bound(name), _bound(name)
+    with torch.no_grad():
+        for blk in b.blocks[1:]:
+            for p in blk.parameters():
+                p.add_(torch.randn_like(p))
+    x, y = _batch()
+    a.step(x, y)
+    b.step(x, y)
+    for pa, pb in zip(a.blocks[0].parameters(), b.blocks[0].parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_auglocal_pyramidal_uniform_selection() -> None:
+    r = make_rule("auglocal", aux_depth=5, min_depth=2)
+    K = 16  # ResNet-32: 16 local layers
+    depths = [r.depth(k, K) for k in range(K - 1)]
+    assert depths[0] == 5 and depths[-1] == 1  # capped: module K-2 has one layer after it
+    assert all(a >= b for a, b in zip(depths, depths[1:]))  # linearly shrinking
+    for k in range(K - 1):
+        sel = r.selected(k, K)
+        assert len(sel) == depths[k] and sel[-1] == K - 1 and sel == sorted(set(sel))
+        assert all(k < j < K for j in sel)
+    assert r.selected(0, K) == [3, 6, 9, 12, 15]  # uniform over layers 1..15
+    rule = _bound("auglocal", spec="resnet:6,width=8", aux_depth=3)
+    x, _ = _batch()
+    for k, aux in enumerate(rule.aux):  # every auxiliary net maps module k's output to logits
+        h = x
+        for blk in rule.blocks[:k + 1]:
+            h = blk(h)
+        assert aux(h).shape == (len(x), 10)
+        assert sum(isinstance(m, BasicBlock) for m in aux) == len(rule.selected(k, 7))
+
+
+def test_man_ema_and_bias() -> None:
+    rule = _bound("man", momentum=0.9)
+    x, y = _batch()
+    ema0 = [p.detach().clone() for p in rule.aux[0][0].parameters()]
+    nxt = [p.detach().clone() for p in rule.blocks[1].parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(ema0, nxt))  # θ̃ starts at θ_{k+1}
+    with torch.no_grad():
+        for p in rule.blocks[1].parameters():
+            p.add_(1.0)
+    nxt = [p.detach().clone() for p in rule.blocks[1].parameters()]
+    rule.step(x, y)
+    for p, e, n in zip(rule.aux[0][0].parameters(), ema0, nxt):
+        torch.testing.assert_close(p, 0.9 * e + 0.1 * n)  # θ̃ ← m θ̃ + (1-m) θ
+        assert not p.requires_grad and p.grad is None  # EMA only, never trained by gradient
+    assert rule.aux[0][1].b.grad is not None and rule.aux[0][1].b.grad.abs().sum() > 0
+    ids = {id(p) for g in rule.param_groups() for p in g["params"]}
+    assert not any(id(p) in ids for p in rule.aux[0][0].parameters())
+
+
+class _LiveSaved:
+    """Peak bytes of tensors saved for backward that are alive at the same time."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, t: torch.Tensor):
+        meter, n = self, t.numel() * t.element_size()
+
+        class Box:
+            def __init__(self) -> None:
+                self.t = t
+                meter.live += n
+                meter.peak = max(meter.peak, meter.live)
+
+            def __del__(self) -> None:
+                meter.live -= n
+
+        return Box()
+
+    @staticmethod
+    def unpack(box):
+        return box.t
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_activation_memory_below_bp(name: str) -> None:
+    """Per-module backward frees each module's graph: saved activations peak far below BP's."""
+    spec, shape = "resnet:8,width=8", (1, 28, 28)
+    x, y = _batch(shape, n=32)
+    peaks = {}
+    for rule_name in ("bp", name):
+        rule = _bound(rule_name, spec=spec, in_shape=shape)
+        meter = _LiveSaved()
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+            rule.step(x, y)
+        peaks[rule_name] = meter.peak
+    assert peaks[name] < 0.6 * peaks["bp"], peaks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LOCAL)
+def test_learns_fashion_mnist_subset(name: str) -> None:
+    """Real data: 6k Fashion-MNIST images, 2 epochs of a 4-block ResNet, well above chance."""
+    from conftest import real_data_dir
+
+    from bpfree import train
+    from bpfree.data import load_dataset
+
+    d = real_data_dir("fashion-mnist")
+    if d is None:
+        pytest.skip("real Fashion-MNIST not found: set BPFREE_DATA_DIR")
+    full = load_dataset("fashion-mnist", d)
+    sub = dataclasses.replace(full, x_train=full.x_train[:6000], y_train=full.y_train[:6000],
+                              x_test=full.x_test[:2000], y_test=full.y_test[:2000])
+    rec = train(rule=name, model="resnet:4,width=8", data=sub, epochs=2, lr=3e-3, threads=1,
+                progress=False, measure_flops=False, energy=False)
+    assert rec.status == "ok" and rec.test_acc is not None and rec.test_acc >= 0.75, rec.test_acc
