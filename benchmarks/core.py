@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--suite", default=str(HERE / "core.toml"), help="suite file for the accuracy runs")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,7 +57,7 @@ def main() -> None:
             print(f"| {n} | {1e3 * r['median_step_s']:.1f} | {1e3 * r['min_s']:.1f}–{1e3 * r['max_s']:.1f} "
                   f"| {statistics.median(r['ratios_per_repeat']):.2f} |")
     if not args.skip_accuracy:
-        suite = load_suite(HERE / "core.toml")
+        suite = load_suite(args.suite)
         recs = run_suite(suite, out, progress=os.isatty(1))
         print(markdown_table(summarize(recs)))
 
