@@ -67,7 +67,9 @@ class LocalNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B = x.shape[0]
         xg = x.reshape(B, self.groups, -1)
-        return F.layer_norm(xg, xg.shape[-1:], eps=self.eps).reshape(x.shape)
+        mu = xg.mean(-1, keepdim=True)
+        var = (xg - mu).square().mean(-1, keepdim=True)
+        return ((xg - mu) * torch.rsqrt(var + self.eps)).reshape(x.shape)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"

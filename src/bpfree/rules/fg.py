@@ -182,11 +182,25 @@ class LocalForwardGradient(LearningRule):
         o = out.reshape(B, -1)
         if G == 1:
             return F.cross_entropy(head(o), y, reduction="none")[:, None]
-        og = o.reshape(B, 1, G, -1)
-        live = torch.eye(G, dtype=torch.bool, device=o.device)[None, :, :, None]  # (1, G, G, 1)
-        rep = torch.where(live, og, og.detach()).reshape(B * G, -1)  # (B·G, C)
-        logits = head(rep)  # (B·G, classes)
-        return F.cross_entropy(logits, y.repeat_interleave(G), reduction="none").reshape(B, G)
+        pre, lin = _head_parts(head)
+        if all(isinstance(m, (nn.Flatten, nn.Identity)) or
+               (isinstance(m, LocalNorm) and m.groups % G == 0) for m in pre):
+            # the head's prefix acts on each group alone, so the stop-gradient copies can be
+            # made at the Linear: logits_g = W·sg(n) + W_g (n_g − sg(n_g)); equal values, and
+            # the tangent of copy g is W_g ṅ_g only (G× cheaper than replicating the prefix)
+            n = pre(o)  # (B, C)
+            nd = n.detach()
+            K = lin.out_features
+            delta = torch.einsum("bgc,kgc->bgk", (n - nd).reshape(B, G, -1),
+                                 lin.weight.reshape(K, G, -1))  # (B, G, K): zero primal
+            logits = lin(nd)[:, None, :] + delta
+        else:
+            og = o.reshape(B, 1, G, -1)
+            live = torch.eye(G, dtype=torch.bool, device=o.device)[None, :, :, None]
+            rep = torch.where(live, og, og.detach()).reshape(B * G, -1)  # (B·G, C)
+            logits = head(rep)
+        return F.cross_entropy(logits.reshape(B * G, -1), y.repeat_interleave(G),
+                               reduction="none").reshape(B, G)
 
     # ---- the step ---------------------------------------------------------------------------
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
