@@ -120,6 +120,9 @@ class NoPropHead(nn.Module):
             W = torch.empty(num_classes, d)
             nn.init.orthogonal_(W)
             self.W_embed = nn.Parameter(W)
+        with torch.no_grad():  # start as the prototype read-out logits_c = u_c·z (bpfree's init;
+            self.classifier.weight.copy_(self.W_embed)  # the paper leaves it open): the head
+            self.classifier.bias.zero_()  # then classifies clean embeddings from step 0
 
     def forward(self, z: Tensor | None = None, *, y: Tensor | None = None,
                 noise: Tensor | None = None, signal: float = 1.0) -> Tensor:
