@@ -25,6 +25,15 @@ from ..rule import ConfigError, Task, _suggest
 
 __all__ = ["mlp", "convnet", "build_model", "parse_spec", "MODELS", "blocks_of", "head_of"]
 
+
+class Triangle(nn.Module):
+    """``relu(u − mean_k u_k)`` over units/channels (dim 1): SoftHebb's activation (Journé et al.
+    2023; the "triangle" k-means encoding of Coates, Lee & Ng 2011)."""
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.relu(u - u.mean(1, keepdim=True))
+
+
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
@@ -32,6 +41,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "gelu": nn.GELU,
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
     "elu": nn.ELU,
+    "triangle": Triangle,
 }
 
 
