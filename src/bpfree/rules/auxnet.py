@@ -5,7 +5,7 @@ one residual block of :mod:`bpfree.models.resnet`). Module k receives its input 
 computes ``h_k = f_k(h_{k-1}.detach())`` and is trained only by the cross-entropy of its own
 auxiliary network ``a_k``:
 
-    L_k = CE(a_k(f_k(h_{k-1}.detach())), y),     θ_k, ψ_k ← ∇_{θ_k, ψ_k} L_k only      (DGL eq. 2)
+    L_k = CE(a_k(f_k(h_{k-1}.detach())), y),     θ_k, ψ_k ← ∇_{θ_k, ψ_k} L_k only   (DGL §3, greedy objective)
 
 The last module's "auxiliary network" is the model's own head, so the network that predicts is
 exactly the BP twin and nothing rule-owned is used at test time. All modules are trained on the
@@ -231,5 +231,5 @@ class MAN(_AuxLocal):
         m = self.momentum
         for k, aux in enumerate(self.aux):
             src = dict(self.blocks[k + 1].named_parameters())
-            for n, p in aux[0].named_parameters():  # θ̃ ← m θ̃ + (1 - m) θ  (MAN eq. EMA)
+            for n, p in aux[0].named_parameters():  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
                 p.lerp_(src[n], 1.0 - m)
