@@ -146,7 +146,7 @@ class NoPropCT(_NoPropBase):
         u_y = W[y]
         z = ab.sqrt() * u_y.detach() + (1 - ab).sqrt() * self.randn(B, d, device=x.device)
         u_hat = net.u_hat(net.denoisers[0](z, x, t))
-        dsnr = 12.0 * torch.exp(net.gamma(t))  # SNR'(t) = γ'(t) e^{γ(t)}
+        dsnr = (net.GAMMA_MAX - net.GAMMA_MIN) * torch.exp(net.gamma(t))  # SNR'(t) = γ' e^γ
         denoise = (0.5 * self.eta * dsnr * (u_hat - u_y).pow(2).sum(1)).mean()
         ce, kl = self._output_unit_loss(y)
         (denoise + ce + kl).backward()
