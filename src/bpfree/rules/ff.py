@@ -47,6 +47,8 @@ class ForwardForward(LearningRule):
     paper = "https://arxiv.org/abs/2212.13345"
     native_model = "mlp:1000,1000,1000"
     search_space = {"lr": ("log", 1e-4, 1e-2), "theta": ("float", 0.5, 4.0)}
+    # digits has 23 steps per epoch: FF's early phase needs a larger step to get going
+    smoke = {"epochs": 12, "lr": 1e-2}
 
     def __init__(self, theta: float = 1.0, loss: str = "softplus", alpha: float = 4.0,
                  label_scale: float = 1.0, predict_mode: str = "goodness",
