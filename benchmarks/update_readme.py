@@ -30,9 +30,36 @@ def _machine_line(machines: list[dict]) -> str:
     return "; ".join(f"{d} ({n} records)" for d, n in descr.most_common())
 
 
+def cost_table(files: list[Path]) -> str:
+    """One row per rule from ``cost_all.py``'s files: the rule vs bp on the rule's native model."""
+    rows = ["| rule | native model | data | rule step ms | bp step ms | × bp (median of paired ratios, min–max) | n |",
+            "|---|---|---|---|---|---|---|"]
+    for f in files:
+        b = json.loads(f.read_text())
+        if "error" in b:
+            rows.append(f"| {b['rule']} | – | – | – | – | failed: {b['error'][:80]} | – |")
+            continue
+        r, bp = b["rules"][b["rule"]], b["rules"]["bp"]
+        ratios = r["ratios_per_repeat"]
+        rows.append(f"| {b['rule']} | `{b['model']}` | {b['dataset']} | {1e3 * r['median_step_s']:.1f} | "
+                    f"{1e3 * bp['median_step_s']:.1f} | {statistics.median(ratios):.2f} "
+                    f"({min(ratios):.2f}–{max(ratios):.2f}) | {len(ratios)} |")
+    m = json.loads(files[0].read_text()).get("machine", {})
+    commits = sorted({(json.loads(f.read_text()).get("commit") or "?")[:10] for f in files})
+    return (f"Machine: {m.get('cpu_model')}, {m.get('logical_cores')} logical cores; commits "
+            f"{', '.join(f'`{c}`' for c in commits)}; torch threads "
+            f"{json.loads(files[0].read_text()).get('torch_threads')}.\n\n" + "\n".join(rows))
+
+
 def steptime_section(root: Path) -> str:
     parts = []
-    for f in sorted(root.rglob("steptime*.json")):
+    files = sorted(root.rglob("steptime*.json"))
+    cost = [f for f in files if "rule" in json.loads(f.read_text())]
+    if cost:
+        parts.append(cost_table(cost))
+    for f in files:
+        if f in cost:
+            continue
         blob = json.loads(f.read_text())
         rows = ["| rule | median step ms | min–max ms | × bp (median of paired ratios) | n |",
                 "|---|---|---|---|---|"]
@@ -53,6 +80,12 @@ def build() -> str:
     for group in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
         recs = load_records(group)
         if not recs:
+            st = steptime_section(group)
+            if st:
+                out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")
+                out.append("Paired step timing: bp and the rule take turns on the same batches "
+                           "(robust to machine load):\n")
+                out.append(st + "\n")
             continue
         commits = sorted({(r.commit or "?")[:10] + ("+dirty" if r.dirty else "") for r in recs})
         out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")

@@ -371,8 +371,20 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
     fields (``epochs``, ``batch_size``, ``lr``, ``seed``, ``patience``...).
     """
     cfg = TrainConfig.from_dict(train_options)
+    threads_before = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, rule, model, data, rule_options=rule_options, out=out, suite=suite,
+                      data_dir=data_dir, resume=resume, on_epoch=on_epoch)
+    finally:
+        torch.set_num_threads(threads_before)  # a run's thread count must not leak to the caller
+
+
+def _train(cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module, data: Any, *,
+           rule_options: dict[str, Any] | None, out: str | Path | None, suite: str,
+           data_dir: str | Path | None, resume: bool,
+           on_epoch: Callable[[int, float | None], None] | None) -> RunRecord:
     bundle = _bundle(data, data_dir)
     rule_obj = rule if isinstance(rule, LearningRule) else make_rule(rule, **(rule_options or {}))
     model_name = model if isinstance(model, str) else type(model).__name__
