@@ -108,3 +108,19 @@ def test_meters_fill_the_record() -> None:
     if rec.energy_method.startswith("estimate"):
         assert rec.energy_j > 0
     assert rec.flops_per_step and rec.flops_per_step > 0
+
+
+def test_lr_schedules_shape_and_errors() -> None:
+    from bpfree.train import LR_SCHEDULES
+
+    E = 10
+    assert [LR_SCHEDULES["constant"](e, E) for e in range(E)] == [1.0] * E
+    cool = [LR_SCHEDULES["linear-cooldown"](e, E) for e in range(E)]
+    assert cool[:5] == [1.0] * 5 and cool[5:] == sorted(cool[5:], reverse=True) and cool[-1] > 0
+    cos = [LR_SCHEDULES["cosine"](e, E) for e in range(E)]
+    assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        TrainConfig(lr_schedule="cosin")
+    rec = bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=3,
+                       lr_schedule="cosine", **FAST)
+    assert rec.status == "ok" and rec.config["train"]["lr_schedule"] == "cosine"

@@ -72,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     opts = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "seed", "patience",
-                                          "device", "optimizer", "val_fraction", "threads")
+                                          "device", "optimizer", "val_fraction", "threads", "lr_schedule")
             if getattr(args, k) is not None}
     opts["progress"] = not args.quiet
     rec = train(rule=args.rule, model=args.model, data=args.dataset, data_dir=args.data_dir,
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--patience", type=int, help="early stopping on validation accuracy (epochs)")
     s.add_argument("--optimizer", help="adam (default, fused), adamw or sgd")
+    s.add_argument("--lr-schedule", help="constant (default), cosine or linear-cooldown")
     s.add_argument("--val-fraction", type=float, help="validation split carved from train (default 0.1)")
     s.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
     s.add_argument("--threads", type=int, help="torch CPU threads")

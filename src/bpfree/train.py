@@ -39,6 +39,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
+    lr_schedule: str = "constant"  # constant | cosine | linear-cooldown (flat, then linear to 0 in the 2nd half)
     weight_decay: float = 0.0
     momentum: float = 0.9
     seed: int = 0
@@ -65,6 +66,9 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}.{_suggest(self.optimizer, OPTIMIZERS)} "
                               f"Known: {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr_schedule {self.lr_schedule!r}."
+                              f"{_suggest(self.lr_schedule, LR_SCHEDULES)} Known: {', '.join(LR_SCHEDULES)}")
         if self.target_acc is not None and not 0 < self.target_acc <= 1:
             raise ConfigError(f"target_acc is a fraction in (0, 1], got {self.target_acc}")
 
@@ -117,6 +121,14 @@ def _sgd(groups: list[dict], cfg: TrainConfig, fused: bool) -> torch.optim.Optim
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": _adam, "sgd": _sgd,
     "adamw": lambda g, c, f: torch.optim.AdamW(g, lr=c.lr, weight_decay=c.weight_decay, fused=f),
+}
+
+
+LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
+    # factor applied to every group's base learning rate at the start of epoch e (0-based) of E
+    "constant": lambda e, E: 1.0,
+    "cosine": lambda e, E: 0.5 * (1.0 + math.cos(math.pi * e / E)),
+    "linear-cooldown": lambda e, E: 1.0 if e < E / 2 else 2.0 * (E - e) / E,
 }
 
 
@@ -187,6 +199,7 @@ class Trainer:
         self.rule = rule.to(self.device)
         self.splits = splits.to(self.device)
         self.opt = make_optimizer(rule, cfg)
+        self._base_lrs = [g["lr"] for g in self.opt.param_groups] if self.opt else []
         self.state = _State()
         self.best_state: dict[str, Tensor] | None = None
 
@@ -228,6 +241,10 @@ class Trainer:
                          desc=f"{rec.rule} {rec.dataset}", total=cfg.epochs, initial=self.state.epoch)
         rec.status = "ok"
         for epoch in epoch_bar:
+            if self.opt is not None:  # the schedule is a function of the epoch: resume-safe
+                f = LR_SCHEDULES[cfg.lr_schedule](epoch, cfg.epochs)
+                for g, lr0 in zip(self.opt.param_groups, self._base_lrs):
+                    g["lr"] = lr0 * f
             self.rule.on_epoch_start(epoch)
             loss, dt, energy = self._train_epoch(n)
             self.state.epoch = epoch + 1
