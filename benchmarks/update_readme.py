@@ -53,7 +53,8 @@ def cost_table(files: list[Path]) -> str:
 
 def steptime_section(root: Path) -> str:
     parts = []
-    files = sorted(root.rglob("steptime*.json"))
+    files = [f for f in sorted(root.rglob("steptime*.json"))
+             if "rules" in json.loads(f.read_text()) or "error" in json.loads(f.read_text())]
     cost = [f for f in files if "rule" in json.loads(f.read_text())]
     if cost:
         parts.append(cost_table(cost))
@@ -74,10 +75,41 @@ def steptime_section(root: Path) -> str:
     return "\n\n".join(parts)
 
 
+def memory_section(root: Path) -> str:
+    """``memory_vs_depth.py``'s file: peak training memory above baseline per depth and rule."""
+    parts = []
+    for f in sorted(root.rglob("memory_vs_depth.json")):
+        b = json.loads(f.read_text())
+        rules = list(dict.fromkeys(r["rule"] for r in b["rows"]))
+        depths = sorted({r["depth"] for r in b["rows"]})
+        cell = {(r["depth"], r["rule"]): r.get("mem_delta_bytes") for r in b["rows"]}
+        rows = ["| blocks | " + " | ".join(f"{r} MiB (× bp)" for r in rules) + " |",
+                "|---|" + "---|" * len(rules)]
+        for d in depths:
+            base = cell.get((d, "bp"))
+            vals = []
+            for r in rules:
+                v = cell.get((d, r))
+                vals.append("–" if v is None else f"{v / 2**20:.0f}" + (
+                    f" ({v / base:.2f})" if base and r != "bp" else ""))
+            rows.append(f"| {d} | " + " | ".join(vals) + " |")
+        g = b.get("git", {})
+        parts.append(f"Peak training memory above baseline, `resnet:N,width={b['width']}`, batch "
+                     f"{b['batch_size']}, {b['steps']} steps (commit `{(g.get('commit') or '?')[:10]}`"
+                     f"{'+dirty' if g.get('dirty') else ''}, {b['machine'].get('cpu_model')}):\n\n"
+                     + "\n".join(rows))
+    return "\n\n".join(parts)
+
+
 def build() -> str:
     root = HERE / "records"
     out = []
     for group in sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []:
+        mem = memory_section(group)
+        if mem:
+            out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")
+            out.append(mem + "\n")
+            continue
         recs = load_records(group)
         if not recs:
             st = steptime_section(group)
@@ -101,14 +133,30 @@ def build() -> str:
     return "\n".join(out) if out else "(no committed records yet)"
 
 
+def rules_table() -> str:
+    from bpfree import RULES
+
+    rows = ["| rule | family | locality | native model | paper |", "|---|---|---|---|---|"]
+    for name, cls in sorted(RULES.items()):
+        rows.append(f"| `{name}` | {cls.family} | {cls.locality} | `{cls.native_model}` | {cls.paper} |")
+    return ("Locality is what `bpfree audit` checks: *global* = gradients cross blocks (backprop), "
+            "*block* = autograd only inside a block, *none* = no backward pass reaches the model.\n\n"
+            + "\n".join(rows))
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> str:
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--check", action="store_true", help="fail if the README is out of date")
     args = ap.parse_args()
     text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{BEGIN}\n{build()}\n{END}{tail}"
+    new = _replace(text, BEGIN, END, build())
+    new = _replace(new, "<!-- rules:begin -->", "<!-- rules:end -->", rules_table())
     if args.check:
         return 0 if new == text else 1
     README.write_text(new)

@@ -153,7 +153,7 @@ def markdown_table(rows: list[Row]) -> str:
     head = ("| dataset | model | rule | test acc % (mean ± std) | n | epoch time s | × bp "
             "| peak train mem MB | × bp | energy/epoch J" + (" (estimated)" if est else "")
             + " | × bp | GFLOP/step | × bp | time" + tgt + " s | × bp | energy" + tgt + " J |")
-    lines = [head, "|" + "---|" * 17]
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         acc = "–" if r.test_acc_mean is None else (
             f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std or 0):.2f}")
