@@ -33,6 +33,20 @@ from ..models import block_output_shapes
 from ..rule import LearningRule, Task, register
 
 
+def write_label(x: Tensor, labels: Tensor | None, C: int, scale: float) -> Tensor:
+    """FF's label embedding: a one-hot label (or a neutral 1/C) over the first C inputs."""
+    flat = x.flatten(1).clone()
+    flat[:, :C] = (scale / C if labels is None
+                   else F.one_hot(labels, C).to(flat.dtype) * scale)
+    return flat.view_as(x)
+
+
+def other_labels(y: Tensor, C: int, generator: torch.Generator) -> Tensor:
+    """A uniformly random label different from the true one (never the true label)."""
+    shift = torch.randint(1, C, y.shape, generator=generator, device=y.device)
+    return (y + shift) % C
+
+
 def rms_normalise(z: Tensor, eps: float = 1e-8) -> Tensor:
     """Length normalisation scaled so that the mean squared activity is 1: ``z / ‖z‖ · √d``."""
     flat = z.flatten(1)
@@ -81,21 +95,12 @@ class ForwardForward(LearningRule):
     def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:
         """Write a one-hot label (or a neutral 1/C everywhere when ``labels`` is None)."""
         assert self.task is not None
-        C = self.task.num_classes
-        flat = x.flatten(1).clone()
-        if labels is None:
-            flat[:, :C] = self.label_scale / C
-        else:
-            flat[:, :C] = F.one_hot(labels, C).to(flat.dtype) * self.label_scale
-        return flat.view_as(x)
+        return write_label(x, labels, self.task.num_classes, self.label_scale)
 
     def wrong_labels(self, y: Tensor) -> Tensor:
         """A uniformly random label different from the true one (never the true label)."""
         assert self.task is not None
-        C = self.task.num_classes
-        shift = torch.randint(1, C, y.shape, generator=self._device_generator(y.device),
-                              device=y.device)
-        return (y + shift) % C
+        return other_labels(y, self.task.num_classes, self._device_generator(y.device))
 
     def _forward_goodness(self, z: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Run the blocks on detached, normalised inputs; return activities and goodness."""

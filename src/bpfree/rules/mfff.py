@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ff import other_labels, write_label
 from ..rule import LearningRule, Task, register
 
 _DERIV = {nn.ReLU: lambda z, h: (z > 0).to(h.dtype),
@@ -93,18 +94,11 @@ class ModelFreeForwardForward(LearningRule):
     # ---- forward measurements ---------------------------------------------------------------
     def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:
         assert self.task is not None
-        C = self.task.num_classes
-        flat = x.flatten(1).clone()
-        flat[:, :C] = (self.label_scale / C if labels is None
-                       else F.one_hot(labels, C).to(flat.dtype) * self.label_scale)
-        return flat.view_as(x)
+        return write_label(x, labels, self.task.num_classes, self.label_scale)
 
     def wrong_labels(self, y: Tensor) -> Tensor:
         assert self.task is not None
-        C = self.task.num_classes
-        shift = torch.randint(1, C, y.shape, generator=self._device_generator(y.device),
-                              device=y.device)
-        return (y + shift) % C  # never the true label
+        return other_labels(y, self.task.num_classes, self._device_generator(y.device))
 
     def measure(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per block: (physical measurement y, digital pre-activation z, activity h)."""
