@@ -36,8 +36,10 @@ def measure(rule: str, steps: int, repeats: int, batch_size: int) -> dict:
     model = cls.native_model
     data = dataset_for(model)
     bs = 10**9 if data == "sbm" else batch_size  # graphs train full-batch
+    # backprop cannot run through a black-box physical layer: its twin is the ideal digital copy
+    twin = {"bp": model + ",differentiable=true"} if model.startswith("physical") else None
     t = paired_step_times(["bp", rule], model, data, batch_size=min(bs, 60000), steps=steps,
-                          repeats=repeats, warmup=2)
+                          repeats=repeats, warmup=2, model_for=twin)
     ratios = [a / b for a, b in zip(t[rule].times_s, t["bp"].times_s)]
     return {"what": f"paired step time, {data}, {model}, batch {batch_size if data != 'sbm' else 'full graph'}",
             "rule": rule, "model": model, "dataset": data, "repeats": repeats,

@@ -39,9 +39,13 @@ class StepTimes:
 def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: int = 128,
                       steps: int = 20, repeats: int = 7, warmup: int = 3, lr: float = 1e-3,
                       rule_options: dict[str, dict[str, Any]] | None = None,
-                      data_dir: str | None = None, seed: int = 0,
-                      device: str = "auto") -> dict[str, StepTimes]:
-    """Median per-step training time of each rule, measured interleaved with the others."""
+                      data_dir: str | None = None, seed: int = 0, device: str = "auto",
+                      model_for: dict[str, str] | None = None) -> dict[str, StepTimes]:
+    """Median per-step training time of each rule, measured interleaved with the others.
+
+    ``model_for`` gives a rule another spec of the same network (e.g. bp on the differentiable
+    twin of a black-box ``physical:`` model).
+    """
     bundle = data_mod.load_dataset(data, data_dir)
     splits = data_mod.prepare(bundle, val_fraction=0.0, seed=seed)
     cfg = TrainConfig(batch_size=batch_size, lr=lr, seed=seed, progress=False, device=device)
@@ -51,7 +55,8 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
         task = Task(splits.in_shape, splits.num_classes, meta=splits.meta)  # meta: e.g. a graph
         rule = make_rule(name, **(rule_options or {}).get(name, {}))
         rec = RunRecord(rule=name, dataset=bundle.name, model=model, seed=seed, suite="steptime")
-        trainers[name] = Trainer(rule, build_model(model, task), splits, cfg, record=rec)
+        spec = (model_for or {}).get(name, model)
+        trainers[name] = Trainer(rule, build_model(spec, task), splits, cfg, record=rec)
     s = next(iter(trainers.values())).splits
     g = torch.Generator().manual_seed(seed)
     n = len(s.y_train)
