@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from bpfree.bench import markdown_table, summarize
+import warnings
+
 from bpfree.records import load_records
 
 HERE = Path(__file__).parent
@@ -101,6 +103,20 @@ def memory_section(root: Path) -> str:
     return "\n\n".join(parts)
 
 
+def _suite_description(name: str) -> str:
+    """The ``description`` of the suite file that produced these records, if it is committed."""
+    import tomllib
+
+    for f in HERE.glob("*.toml"):
+        try:
+            d = tomllib.loads(f.read_text())
+        except tomllib.TOMLDecodeError:
+            continue
+        if d.get("name") == name:
+            return f"Suite `benchmarks/{f.name}`: {d.get('description', '')}"
+    return ""
+
+
 def build() -> str:
     root = HERE / "records"
     out = []
@@ -110,7 +126,9 @@ def build() -> str:
             out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")
             out.append(mem + "\n")
             continue
-        recs = load_records(group)
+        with warnings.catch_warnings():  # steptime*.json beside the records are not records
+            warnings.filterwarnings("ignore", message=".*steptime.*")
+            recs = load_records(group)
         if not recs:
             st = steptime_section(group)
             if st:
@@ -119,13 +137,19 @@ def build() -> str:
                            "(robust to machine load):\n")
                 out.append(st + "\n")
             continue
-        commits = sorted({(r.commit or "?")[:10] + ("+dirty" if r.dirty else "") for r in recs})
-        out.append(f"### `{group.name}` — `benchmarks/records/{group.name}/`\n")
-        out.append(f"Machine: {_machine_line([r.machine for r in recs])}. Commits: "
-                   f"{', '.join(f'`{c}`' for c in commits)}. Epoch time is the median over epochs "
-                   f"(warm-up epoch excluded) of a run on a shared machine; peak memory is the "
-                   f"training-phase peak above the pre-training baseline.\n")
-        out.append(markdown_table(summarize(recs)) + "\n")
+        for suite in sorted({r.suite for r in recs}):  # never pool runs of different suites
+            srecs = [r for r in recs if r.suite == suite]
+            commits = sorted({(r.commit or "?")[:10] + ("+dirty" if r.dirty else "") for r in srecs})
+            title = group.name if suite == group.name else f"{group.name} / {suite}"
+            out.append(f"### `{title}` — `benchmarks/records/{group.name}/`\n")
+            desc = _suite_description(suite)
+            if desc:
+                out.append(f"{desc}.\n")
+            out.append(f"Machine: {_machine_line([r.machine for r in srecs])}. Commits: "
+                       f"{', '.join(f'`{c}`' for c in commits)}. Epoch time is the median over "
+                       f"epochs (warm-up epoch excluded) of a run on a shared machine; peak memory "
+                       f"is the training-phase peak above the pre-training baseline.\n")
+            out.append(markdown_table(summarize(srecs)) + "\n")
         st = steptime_section(group)
         if st:
             out.append("Paired step timing (rules take turns on the same batches; robust to machine load):\n")
