@@ -38,6 +38,9 @@ def test_declares_itself(name: str) -> None:
         assert p.default is not p.empty, f"{name}.{key} needs a default"
     with pytest.raises(ConfigError, match="no option"):
         make_rule(name, definitely_not_an_option=1)
+    from bpfree.train import TrainConfig
+
+    TrainConfig.from_dict(dict(cls.recommended_train))  # valid, typed train options
 
 
 @pytest.mark.parametrize("name", NAMES)

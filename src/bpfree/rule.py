@@ -69,6 +69,9 @@ class LearningRule(nn.Module):
     #: model and train options for the contract "learns a small real task" test (sklearn digits)
     smoke_model: ClassVar[str] = "mlp:64,64"
     smoke: ClassVar[dict[str, Any]] = {"epochs": 12, "lr": 3e-3}
+    #: train options the rule's paper (or its best re-implementation) needs, e.g. an optimizer
+    #: or a schedule; suites and benchmark scripts apply them to the rule *and* its BP twin
+    recommended_train: ClassVar[dict[str, Any]] = {}
     #: Optuna search space: name -> ("log"|"float"|"int"|"cat", low, high) or ("cat", [choices])
     search_space: ClassVar[dict[str, tuple]] = {}
 

@@ -61,6 +61,9 @@ class ForwardForward(LearningRule):
     paper = "https://arxiv.org/abs/2212.13345"
     native_model = "mlp:1000,1000,1000"
     search_space = {"lr": ("log", 1e-4, 1e-2), "theta": ("float", 0.5, 4.0)}
+    # constant Adam plateaus near 97.5 % on MNIST 3x1000; a linear cool-down over 30 epochs
+    # reaches 98.25 % (benchmarks/ff_cooldown.toml)
+    recommended_train = {"lr": 1e-3, "epochs": 30, "lr_schedule": "linear-cooldown"}
     # digits has 23 steps per epoch: FF's early phase needs a larger step to get going
     smoke = {"epochs": 12, "lr": 1e-2}
 
