@@ -212,6 +212,8 @@ def test_data_dir_argument_wins_over_env(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_missing_dataset_lists_places_and_remedies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BPFREE_DATA_DIR", str(tmp_path / "env"))
+    # the machine may have Debian's dataset-fashion-mnist (`make bench` installs it): look elsewhere
+    monkeypatch.setattr(d, "SYSTEM_DATA_DIR", tmp_path / "system")
     (tmp_path / "arg").mkdir()
     with pytest.raises(d.DatasetNotFoundError) as err:
         d.load_dataset("fashion-mnist", data_dir=tmp_path / "arg")
