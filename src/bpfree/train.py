@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,8 @@ from torch import Tensor, nn
 from . import data as data_mod
 from .meters import EnergyMeter, FlopMeter, MemoryMeter, Timer, git_info, machine_info, sync
 from .models import build_model, count_params
-from .records import RunRecord, is_done, read_record, record_path, write_record
+from .records import (RunRecord, is_done, median_epoch_time, read_record, record_path,
+                      write_record)
 from .rule import ConfigError, LearningRule, Task, _suggest, make_rule
 
 __all__ = ["TrainConfig", "Trainer", "train", "DivergedError"]
@@ -185,10 +185,9 @@ class Trainer:
 
     def __init__(self, rule: LearningRule, model: nn.Module, splits: "data_mod.Splits",
                  cfg: TrainConfig, *, record: RunRecord, ckpt_path: Path | None = None,
-                 record_file: Path | None = None,
                  on_epoch: Callable[[int, float | None], None] | None = None) -> None:
         self.cfg, self.splits, self.rec = cfg, splits, record
-        self.ckpt_path, self.record_file = ckpt_path, record_file
+        self.ckpt_path = ckpt_path
         #: called after every finished epoch with (epoch, val_acc); may raise to stop the run
         #: (the tuner raises optuna.TrialPruned), the checkpoint is already saved by then
         self.on_epoch = on_epoch
@@ -350,8 +349,7 @@ class Trainer:
         rec.curve = st.curve
         rec.epoch_times_s = st.epoch_times_s
         rec.train_time_s = st.train_time_s
-        warm = st.epoch_times_s[1:] if len(st.epoch_times_s) > 1 else st.epoch_times_s
-        rec.epoch_time_s = statistics.median(warm) if warm else None  # warm-up epoch excluded
+        rec.epoch_time_s = median_epoch_time(st.epoch_times_s)  # warm-up epoch excluded
         rec.peak_mem_bytes, rec.mem_method = st.peak_mem_bytes, st.mem_method
         rec.energy_j, rec.energy_method = st.energy_j, st.energy_method
         rec.best_epoch = st.best_epoch
