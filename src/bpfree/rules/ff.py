@@ -47,6 +47,24 @@ def other_labels(y: Tensor, C: int, generator: torch.Generator) -> Tensor:
     return (y + shift) % C
 
 
+class LabelledInputs:
+    """Mixin for FF-style rules (ff, ff-collab, mfff): labels written into the input, and negatives.
+
+    Needs ``self.task`` and ``self.label_scale``; noise comes from the rule's seeded generator.
+    """
+
+    def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """Write a one-hot label (or a neutral 1/C everywhere when ``labels`` is None)."""
+        assert self.task is not None  # type: ignore[attr-defined]
+        return write_label(x, labels, self.task.num_classes, self.label_scale)  # type: ignore[attr-defined]
+
+    def wrong_labels(self, y: Tensor) -> Tensor:
+        """A uniformly random label different from the true one (never the true label)."""
+        assert self.task is not None  # type: ignore[attr-defined]
+        return other_labels(y, self.task.num_classes,  # type: ignore[attr-defined]
+                            self._device_generator(y.device))  # type: ignore[attr-defined]
+
+
 def rms_normalise(z: Tensor, eps: float = 1e-8) -> Tensor:
     """Length normalisation scaled so that the mean squared activity is 1: ``z / ‖z‖ · √d``."""
     flat = z.flatten(1)
@@ -54,7 +72,7 @@ def rms_normalise(z: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 @register
-class ForwardForward(LearningRule):
+class ForwardForward(LabelledInputs, LearningRule):
     name = "ff"
     family = "goodness"
     locality = "block"
@@ -95,16 +113,6 @@ class ForwardForward(LearningRule):
             self.readout = nn.Linear(sum(used), task.num_classes)
 
     # ---- helpers ---------------------------------------------------------------------------
-    def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        """Write a one-hot label (or a neutral 1/C everywhere when ``labels`` is None)."""
-        assert self.task is not None
-        return write_label(x, labels, self.task.num_classes, self.label_scale)
-
-    def wrong_labels(self, y: Tensor) -> Tensor:
-        """A uniformly random label different from the true one (never the true label)."""
-        assert self.task is not None
-        return other_labels(y, self.task.num_classes, self._device_generator(y.device))
-
     def _forward_goodness(self, z: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Run the blocks on detached, normalised inputs; return activities and goodness."""
         hs, gs = [], []

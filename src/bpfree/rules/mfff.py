@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .ff import other_labels, write_label
+from .ff import LabelledInputs
 from ..rule import LearningRule, Task, register
 
 _DERIV = {nn.ReLU: lambda z, h: (z > 0).to(h.dtype),
@@ -50,7 +50,7 @@ _DERIV = {nn.ReLU: lambda z, h: (z > 0).to(h.dtype),
 
 
 @register
-class ModelFreeForwardForward(LearningRule):
+class ModelFreeForwardForward(LabelledInputs, LearningRule):
     name = "mfff"
     family = "physical"
     locality = "none"
@@ -92,14 +92,6 @@ class ModelFreeForwardForward(LearningRule):
         self._head = heads[0]
 
     # ---- forward measurements ---------------------------------------------------------------
-    def embed(self, x: Tensor, labels: Tensor | None) -> Tensor:
-        assert self.task is not None
-        return write_label(x, labels, self.task.num_classes, self.label_scale)
-
-    def wrong_labels(self, y: Tensor) -> Tensor:
-        assert self.task is not None
-        return other_labels(y, self.task.num_classes, self._device_generator(y.device))
-
     def measure(self, x: Tensor) -> list[tuple[Tensor, Tensor, Tensor]]:
         """Per block: (physical measurement y, digital pre-activation z, activity h)."""
         out, h = [], x
