@@ -189,7 +189,8 @@ def _wait_for(pred, proc, timeout=60.0, poll=0.02):
 
 def test_bench_resumes_after_sigint_and_kill9(tmp_path):
     body = '[[runs]]\nrule = "mf"\nmodel = "mlp:64"\n'
-    suite = write_suite(tmp_path, "resume", body, seeds=(0, 1, 2, 3), epochs=6)
+    # long enough runs that a fast, idle machine cannot finish the suite between the signals
+    suite = write_suite(tmp_path, "resume", body, seeds=(0, 1, 2, 3), epochs=30)
     out = tmp_path / "out"
     n_runs = 8
     cmd = cli("bench", "--suite", str(suite), "--out", str(out), "--quiet")
