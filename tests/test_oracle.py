@@ -70,6 +70,25 @@ def test_mf_deep_grads_are_local() -> None:
     torch.testing.assert_close(w.grad, ref)
 
 
+def test_mf_closed_form_equals_its_autograd_path() -> None:
+    """MF's closed-form MLP gradients (the default) equal its autograd path, for relu and tanh."""
+    x, y = _xy()
+    task = Task((1, 6, 6), 10)
+    for spec, n_blocks in (("mlp:20,16,12", 3), ("mlp:20,20,act=tanh", 2)):
+        grads = []
+        for manual in (True, False):
+            torch.manual_seed(0)
+            model = build_model(spec, task)
+            rule = make_rule("mf", manual_grad=manual).bind(model, task, torch.Generator().manual_seed(0))
+            assert (rule._dense is not None) == manual
+            rule.step(x, y)
+            grads.append({n: p.grad.clone() for n, p in rule.named_parameters() if p.grad is not None})
+        # W, b of every block and the head; M_i of every block but the last (the head is M_L)
+        assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 2 * (n_blocks + 1) + n_blocks - 1
+        for k in grads[0]:
+            torch.testing.assert_close(grads[0][k], grads[1][k])
+
+
 def test_ff_negative_labels_are_never_true() -> None:
     task = Task((1, 6, 6), 10)
     model = build_model("mlp:16,16", task)

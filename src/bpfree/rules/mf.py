@@ -9,6 +9,12 @@ bpfree uses the model's own head as the last layer's ``M_L`` (same shape, plus a
 network MF predicts with is *identical* to the BP twin; the other ``M_i`` are rule-owned extras.
 Because all layer losses live on disconnected graphs, one ``backward()`` of their sum computes
 every local gradient in a single autograd pass without any gradient crossing a block.
+
+On an MLP (every block ``[Flatten,] Linear, activation``) the same gradients are written in
+closed form under ``no_grad`` (``manual_grad=True``, the default): with ``e_i = (softmax(G_i) −
+y*)/B``, ``∂M_i = e_iᵀ a_i``, ``δ_i = (e_i M_i) ⊙ σ'(z_i)``, ``∂W_i = δ_iᵀ a_{i−1}``. No graph is
+built, so no gradient can cross a block; an oracle test checks it equals the autograd path. It
+saves the autograd bookkeeping that otherwise eats a third of what MF saves over backprop.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models import block_output_shapes
-from ..rule import LearningRule, Task, register
+from . import _dense
+from ..rule import ConfigError, LearningRule, Task, register
 
 
 @register
@@ -32,9 +39,10 @@ class MonoForward(LearningRule):
     paper = "https://arxiv.org/abs/2501.09238"
     search_space = {"lr": ("log", 1e-4, 1e-2)}
 
-    def __init__(self, head_bias: bool = False) -> None:
+    def __init__(self, head_bias: bool = False, manual_grad: bool = True) -> None:
         super().__init__()
         self.head_bias = head_bias
+        self.manual_grad = manual_grad
 
     def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
         shapes = block_output_shapes(model, task.in_shape)[:-2]  # all but last block and head
@@ -48,8 +56,16 @@ class MonoForward(LearningRule):
                 if lin.bias is not None:
                     lin.bias.zero_()
             self.M.append(lin)
+        self._dense: list[_dense.Dense] | None = None
+        if self.manual_grad:
+            try:
+                self._dense = _dense.dense_layers(model, self.name)
+            except ConfigError:  # conv/other blocks: the autograd path handles any block
+                self._dense = None
 
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        if self._dense is not None:
+            return self._dense_step(x, y)
         *blocks, head = self.blocks
         h = x
         total = x.new_zeros(())
@@ -60,4 +76,28 @@ class MonoForward(LearningRule):
             last = F.cross_entropy(G, y)  # eq. 2
             total = total + last
         total.backward()  # disconnected per-layer graphs: one pass, no cross-block gradient
+        return {"loss": last, "loss_sum": total}
+
+    @torch.no_grad()
+    def _dense_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The same local gradients as :meth:`_step`, in closed form for MLP blocks."""
+        *layers, head = self._dense
+        h = x.flatten(1)
+        total = x.new_zeros(())
+        last = total
+        for i, layer in enumerate(layers):
+            inp = h  # a_{i-1}: an input, never differentiated
+            z = layer.linear(inp)  # (B, d_i)
+            h = z if layer.act is None else layer.act(z)  # a_i
+            M = head.linear if i == len(layers) - 1 else self.M[i]  # (C, d_i)
+            G = M(h)  # (B, C) eq. 1
+            logp = torch.log_softmax(G, 1)
+            last = F.nll_loss(logp, y)  # eq. 2, reported; its gradient is e below
+            total = total + last
+            e = logp.exp_()  # e = (softmax(G_i) − y*) / B = ∂L_i/∂G_i, (B, C)
+            e[torch.arange(len(y), device=y.device), y] -= 1
+            e /= len(y)
+            _dense.set_grad(M, e, h)  # ∂M_i = e_iᵀ a_i
+            delta = _dense.act_grad(layer.act, z, h, e @ M.weight)  # (B, d_i)
+            _dense.set_grad(layer.linear, delta, inp)  # ∂W_i = δ_iᵀ a_{i-1}
         return {"loss": last, "loss_sum": total}
