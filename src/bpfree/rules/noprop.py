@@ -123,8 +123,17 @@ class NoPropDT(_NoPropBase):
         return {"loss": ce + kl + denoise, "ce": ce, "denoise": denoise}
 
 
+class _ContinuousTime(_NoPropBase):
+    """CT and FM: one time-conditioned network, trained at a random t ~ U(0, 1) per example."""
+
+    smoke: ClassVar[dict[str, Any]] = {"epochs": 20, "lr": 3e-3}
+
+    def __init__(self, eta: float = 1.0) -> None:
+        super().__init__(eta=eta)
+
+
 @register
-class NoPropCT(_NoPropBase):
+class NoPropCT(_ContinuousTime):
     """NoProp-CT: one time-conditioned denoiser trained at a random t per example."""
 
     name = "noprop-ct"
@@ -132,10 +141,6 @@ class NoPropCT(_NoPropBase):
     native_model = "noprop:kind=ct,T=40"
     small_model = "noprop:8,kind=ct,T=3,width=16,dropout=0"
     smoke_model = "noprop:kind=ct,T=20,cnn=false,width=64,dropout=0"
-    smoke: ClassVar[dict[str, Any]] = {"epochs": 20, "lr": 3e-3}
-
-    def __init__(self, eta: float = 1.0) -> None:
-        super().__init__(eta=eta)
 
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         net = self.net
@@ -154,7 +159,7 @@ class NoPropCT(_NoPropBase):
 
 
 @register
-class NoPropFM(_NoPropBase):
+class NoPropFM(_ContinuousTime):
     """NoProp-FM: flow matching of the label embedding, one time-conditioned network."""
 
     name = "noprop-fm"
@@ -162,10 +167,6 @@ class NoPropFM(_NoPropBase):
     native_model = "noprop:kind=fm,T=40"
     small_model = "noprop:8,kind=fm,T=3,width=16,dropout=0"
     smoke_model = "noprop:kind=fm,T=20,cnn=false,width=64,dropout=0"
-    smoke: ClassVar[dict[str, Any]] = {"epochs": 20, "lr": 3e-3}
-
-    def __init__(self, eta: float = 1.0) -> None:
-        super().__init__(eta=eta)
 
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         net = self.net
