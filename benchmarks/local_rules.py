@@ -13,8 +13,8 @@ lr 1e-3, batch 128, seed 0, threads 1), in one process, writing records to ``--o
   15 (F-MNIST), as in the Beyond-Backpropagation CaFo configs.
 * ``ccl``: ``mlp:256,256,256,256,256,act=elu,bias=false`` (CCL's MNIST MLP): bp, ccl; 20 epochs.
 * ``ff``: ``mlp:1000,1000,1000`` (FF's 3×1000): bp, ff, ff-collab (both symba loss); 10 epochs.
-* ``hebbian``: ``mlp:2000`` (SoftHebb's 2000-unit layer): bp, hebbian;
-  10 epochs.
+* ``hebbian``: ``mlp:2000,act=softmax,tau=2`` (SoftHebb's 2000-unit soft-WTA layer, its readout
+  features): bp, hebbian (one Hebbian epoch, then the readout alone); 10 epochs.
 
 ``--quick`` shrinks the epochs to what fits a ~15-minute CPU budget (cafo 2 epochs with 1 DFA
 epoch, ccl 8, ff 2, hebbian 3), which is what the README numbers on the 2-core CPU used.
@@ -43,7 +43,7 @@ GROUPS = {
              [("bp", {}), ("cafo-rand", {}), ("cafo-dfa", {"dfa_epochs": "DFA"})], 20, 2),
     "ccl": ("mlp:256,256,256,256,256,act=elu,bias=false", [("bp", {}), ("ccl", {})], 20, 8),
     "ff": ("mlp:1000,1000,1000", [("bp", {}), ("ff", SYMBA), ("ff-collab", SYMBA)], 10, 2),
-    "hebbian": ("mlp:2000", [("bp", {}), ("hebbian", {})], 10, 3),
+    "hebbian": ("mlp:2000,act=softmax,tau=2", [("bp", {}), ("hebbian", {})], 10, 3),
 }
 DFA_EPOCHS = {("mnist", False): 5, ("fashion-mnist", False): 15, ("mnist", True): 1,
               ("fashion-mnist", True): 1}

@@ -34,7 +34,25 @@ class Triangle(nn.Module):
         return torch.relu(u - u.mean(1, keepdim=True))
 
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+class SoftWTA(nn.Module):
+    """``n · softmax(u / τ)`` over the ``n`` units (dim 1): a soft winner-take-all code, SoftHebb's
+    readout features (Moraitis et al. 2022; ``mlp:2000,act=softmax,tau=2``). Scaled by ``n`` so a
+    unit's mean activity is 1 whatever the width (a plain softmax's 1/n values starve the readout)."""
+
+    def __init__(self, tau: float = 1.0) -> None:
+        super().__init__()
+        if not tau > 0:
+            raise ConfigError(f"softmax activation: tau must be > 0, got {tau!r}")
+        self.tau = float(tau)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(u / self.tau, 1) * u.size(1)
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
@@ -42,24 +60,31 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": lambda: nn.LeakyReLU(0.01),
     "elu": nn.ELU,
     "triangle": Triangle,
+    "softmax": SoftWTA,
 }
 
 
-def _act(name: str) -> nn.Module:
+def _act(name: str, **opts: Any) -> nn.Module:
     if name not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {name!r}.{_suggest(name, ACTIVATIONS)} "
                           f"Known: {', '.join(ACTIVATIONS)}")
-    return ACTIVATIONS[name]()
+    try:
+        return ACTIVATIONS[name](**opts)
+    except TypeError:
+        raise ConfigError(f"activation {name!r} takes no option {', '.join(opts)}") from None
 
 
 def mlp(in_shape: tuple[int, ...] | int, widths: list[int], num_classes: int,
-        act: str = "relu", bias: bool = True) -> nn.Sequential:
-    """``[Flatten+]Linear+act`` blocks and a linear head: ``mlp((1,28,28), [1000,1000], 10)``."""
+        act: str = "relu", bias: bool = True, tau: float | None = None) -> nn.Sequential:
+    """``[Flatten+]Linear+act`` blocks and a linear head: ``mlp((1,28,28), [1000,1000], 10)``.
+
+    ``tau`` is the temperature of ``act="softmax"`` (soft winner-take-all units)."""
+    act_opts = {} if tau is None else {"tau": tau}
     d = in_shape if isinstance(in_shape, int) else math.prod(in_shape)
     layers: "OrderedDict[str, nn.Module]" = OrderedDict()
     for i, w in enumerate(widths):
         mods: list[nn.Module] = [nn.Flatten()] if i == 0 else []
-        mods += [nn.Linear(d, w, bias=bias), _act(act)]
+        mods += [nn.Linear(d, w, bias=bias), _act(act, **act_opts)]
         layers[f"block{i}"] = nn.Sequential(*mods)
         d = w
     head: list[nn.Module] = [nn.Flatten()] if not widths else []
