@@ -196,14 +196,15 @@ def anchor_comparison(rows: list) -> str:
 
 
 def _steptime_ratios(root: Path) -> dict[str, tuple[float, str]]:
-    """rule -> (median paired step-time ratio to bp, file) from every steptime*.json; a file
-    made for one rule (``cost_all.py``) wins over a multi-rule file."""
+    """rule -> (median paired step-time ratio to bp, file) on the rule's native model: from
+    ``cost/`` (``cost_all.py``, one file per rule), else from a multi-rule file (``core.py``).
+    Single-rule files elsewhere time other models (a suite's sizes) and are not used here."""
     out: dict[str, tuple[float, str]] = {}
     for f in sorted(root.rglob("steptime*.json")):
         b = json.loads(f.read_text())
-        if "rules" not in b:
-            continue
         own = b.get("rule")
+        if "rules" not in b or (own and f.parent.name != "cost"):
+            continue
         for name, r in b["rules"].items():
             if name == "bp" or (own and name != own) or (name in out and not own):
                 continue
