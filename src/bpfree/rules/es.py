@@ -38,9 +38,15 @@ numbers: the members' fitness differences then come from their perturbations onl
 paper's throughput experiments where each member processes its own sequence.
 
 Defaults: ``σ = 0.02`` (OpenAI-ES MuJoCo experiments), centered-rank shaping, antithetic pairs,
-Adam (both papers). EGGROLL uses ``rank = 1`` (the paper's main setting) and a larger ``σ`` here
-(0.05): a rank-1 perturbation of an ``m×n`` matrix has the same per-entry variance as full-rank noise.
-Population sizes are bpfree's choices for CPU budgets (the papers use 10³–10⁶ members).
+Adam (both papers). EGGROLL uses ``rank = 1`` (the paper's main setting) and the same ``σ``: a
+rank-1 perturbation of an ``m×n`` matrix has the same per-entry variance as full-rank noise, and on
+MNIST (mlp:128, N = 512, one epoch) σ = 0.02 beat 0.005, 0.01, 0.05 and 0.1 (91.3 % vs 90.7, 91.0,
+89.3, 85.7): with ``‖x‖² ≈ 784`` a larger σ moves the pre-activations ``σ(x·b)a`` by O(1) and the
+estimate leaves the linear regime. A decaying step (cosine) lets the noisy estimate settle: with
+:attr:`EGGROLL.recommended_train` (Adam lr 3e-3, cosine over 12 epochs) eggroll reaches 95.07 % on
+MNIST mlp:128 (bp, same schedule, lr 1e-3: 97.93 %; constant lr 3e-3 and σ = 0.05 gave 91.47 %
+after 2 epochs). Population sizes are bpfree's choices for CPU budgets (the
+papers use 10³–10⁶ members).
 """
 
 from __future__ import annotations
@@ -154,8 +160,10 @@ class EGGROLL(_EvolutionRule):
     name = "eggroll"
     paper = "https://arxiv.org/abs/2511.16652"
     native_model = "mlp:256"
+    # MNIST mlp:128, N = 512, σ = 0.02, batch 100 (benchmarks/estimators_es.py)
+    recommended_train = {"lr": 3e-3, "epochs": 12, "lr_schedule": "cosine", "batch_size": 100}
 
-    def __init__(self, population: int = 512, sigma: float = 0.05, rank: int = 1,
+    def __init__(self, population: int = 512, sigma: float = 0.02, rank: int = 1,
                  fitness_shaping: str = "centered_rank", share_batch: bool = True) -> None:
         super().__init__()
         self._check(population, sigma, fitness_shaping)

@@ -34,7 +34,13 @@ Losses", https://arxiv.org/abs/2210.03310 ("LG-FG-A": local greedy, activity-per
 
 Table 3 anchors (MNIST): LG-FG-A on M/1/16 2.55 % test error (BP 2.41 %), FG-W 8.56 %; defaults
 here are the paper's MNIST network (``localmixer:512,groups=16``) and one direction per step. The
-paper trains with SGD + momentum 0.9 (warmup-cosine); bpfree uses the Trainer's shared optimizer.
+paper trains with SGD + momentum 0.9 and a warm-up + cosine learning-rate decay; bpfree uses the
+Trainer's shared optimizer (Adam) with the cosine decay (:attr:`recommended_train`). The decay is
+what the estimator needs: its noise sets an accuracy floor at a constant step (Adam lr 2e-3,
+constant: 95.5 % after 15 epochs, oscillating), and the cosine over 20 epochs reaches 97.05 %
+(``benchmarks/estimators_fg.py``). Also checked, on 3 cosine epochs: the paper's block-0 form
+(no residual, a final ReLU) instead of bpfree's residual block gives 94.2 % vs 95.1 %, and two
+directions per step 95.5 % at 1.5× the step time.
 """
 
 from __future__ import annotations
@@ -129,6 +135,7 @@ class LocalForwardGradient(LearningRule):
     small_model = "localmixer:32,32,groups=4"
     smoke_model = "localmixer:64,groups=8"
     smoke = {"epochs": 5, "lr": 3e-3}
+    recommended_train = {"lr": 2e-3, "epochs": 20, "lr_schedule": "cosine", "batch_size": 128}
     search_space = {"lr": ("log", 1e-4, 1e-2), "num_directions": ("int", 1, 4)}
 
     def __init__(self, num_directions: int = 1, perturb: str = "layer",

@@ -30,7 +30,12 @@ closed-form cross-entropy gradient ``(softmax − onehot)ᵀ h_L``; ``predict_mo
 predicts by trying every label and summing goodness over blocks (FF §3.3), as in the paper.
 
 Defaults: symba loss with α = 4 (Lee & Song 2023), label scale 1, Adam (the paper trains the
-digital weights with Adam).
+digital weights with Adam). Recipe (:attr:`recommended_train`, ``benchmarks/estimators_es.py``):
+Adam lr 3e-3 decayed by a cosine over 15 epochs; on MNIST through two simulated physical layers
+(``physical:500,500``) that reaches 97.02 % test (bp on the ideal differentiable twin, same
+schedule, lr 1e-3: 98.23 %). At constant lr 1e-3 the same model was at 90.5 % after 2 epochs:
+symba at lr 1e-3 learns slowly (88.3 % after one epoch vs 90.1 % at 3e-3), and the softplus loss
+with θ = 1 fails here (86.0 %, readout; 11.5 %, goodness).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class ModelFreeForwardForward(LabelledInputs, LearningRule):
     small_model = "physical:32,32"
     smoke_model = "physical:256,256"
     smoke = {"epochs": 15, "lr": 3e-3}
+    recommended_train = {"lr": 3e-3, "epochs": 15, "lr_schedule": "cosine"}
     search_space = {"lr": ("log", 1e-4, 1e-2), "alpha": ("float", 1.0, 10.0)}
 
     def __init__(self, loss: str = "symba", theta: float = 1.0, alpha: float = 4.0,
