@@ -129,6 +129,8 @@ LR_SCHEDULES: dict[str, Callable[[int, int], float]] = {
     "constant": lambda e, E: 1.0,
     "cosine": lambda e, E: 0.5 * (1.0 + math.cos(math.pi * e / E)),
     "linear-cooldown": lambda e, E: 1.0 if e < E / 2 else 2.0 * (E - e) / E,
+    # x0.1 at 60 % and again at 90 % of the epochs (PEPITA's MNIST schedule: epochs 60, 90 of 100)
+    "step-60-90": lambda e, E: 0.1 ** ((e >= 0.6 * E) + (e >= 0.9 * E)),
 }
 
 
