@@ -34,7 +34,7 @@ def _machine_line(machines: list[dict]) -> str:
 
 def cost_table(files: list[Path]) -> str:
     """One row per rule from ``cost_all.py``'s files: the rule vs bp on the rule's native model."""
-    rows = ["| rule | native model | data | rule step ms | bp step ms | × bp (median of paired ratios, min–max) | n |",
+    rows = ["| rule | model | data | rule step ms | bp step ms | × bp (median of paired ratios, min–max) | n |",
             "|---|---|---|---|---|---|---|"]
     for f in files:
         b = json.loads(f.read_text())

@@ -195,8 +195,10 @@ def test_bench_resumes_after_sigint_and_kill9(tmp_path):
     n_runs = 8
     cmd = cli("bench", "--suite", str(suite), "--out", str(out), "--quiet")
 
-    # 1) SIGINT once, after a couple of runs have finished
-    p = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 1) SIGINT once, after a couple of runs have finished. A shell's background job (e.g.
+    # `make test &`) starts with SIGINT ignored, which Python would inherit: restore the default.
+    p = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert _wait_for(lambda: len(_records(out)) >= 2, p), p.communicate()
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
