@@ -224,7 +224,9 @@ def overview() -> str:
             recs = load_records(group)
         for suite in sorted({r.suite for r in recs}):
             rows = summarize([r for r in recs if r.suite == suite])
-            twins = {(r.dataset, r.model): r for r in rows if r.rule == "bp"}
+            # bp's twin of a black-box physical model is its ideal differentiable copy
+            twins = {(r.dataset, r.model.replace(",differentiable=true", "")): r
+                     for r in rows if r.rule == "bp"}
             for r in rows:
                 if r.test_acc_mean is None:
                     continue
