@@ -173,9 +173,10 @@ class PEPITA(LearningRule):
         return (h @ lin.weight.t()).mul_(s)
 
     @staticmethod
-    def _write_grad(linear: nn.Linear, delta: Tensor, inp: Tensor, s: float) -> None:
-        """``∂W = s·δᵀ h_{l−1}``, ``∂b = s·Σ δ``: the scale rides in the GEMM (beta=0 ignores W)."""
-        linear.weight.grad = torch.addmm(linear.weight, delta.t(), inp, beta=0, alpha=s)
+    def _write_grad(linear: nn.Linear, delta: Tensor, inp: Tensor, s: float, s_in: float) -> None:
+        """``∂W = s·s_in·δᵀ h_{l−1}``, ``∂b = s·Σ δ``: the scale rides in the GEMM (beta=0 ignores
+        W); ``s_in``, the dropout factor the unscaled input owes, is not the bias's to pay."""
+        linear.weight.grad = torch.addmm(linear.weight, delta.t(), inp, beta=0, alpha=s * s_in)
         if linear.bias is not None:
             linear.bias.grad = delta.sum(0).mul_(s)
 
@@ -207,13 +208,13 @@ class PEPITA(LearningRule):
         lr_scale = self._scale / n  # batch mean (and the rule's own optional decay)
         for l, layer in enumerate(layers):
             if l == L:  # ΔW_L = e h'_{L−1}ᵀ
-                self._write_grad(layer.linear, e, h_prev, lr_scale * s_in)
+                self._write_grad(layer.linear, e, h_prev, lr_scale, s_in)
                 break
             a_mod = torch.addmm(a1, e, FtW1t, alpha=-1) if l == 0 else self._linear(layer, h_prev, s_in)
             h_mod = self._act(layer, a_mod, masks[l])
             # ΔW_l = (h_l − h'_l) h'_{l−1}ᵀ; both factors owe their dropout scale, paid here once
             delta = hs[l].sub_(h_mod)  # h_l is spent (logits are computed): reuse its buffer
-            self._write_grad(layer.linear, delta, h_prev, lr_scale * q * s_in)
+            self._write_grad(layer.linear, delta, h_prev, lr_scale * q, s_in)
             h_prev, s_in = h_mod, q
         if self.mirror:
             self._mirror_step(x.device)
