@@ -5,7 +5,7 @@
         [--quick] [--skip-timing]
 
 Each group trains its rules and a BP twin on the identical model, data and train options (Adam,
-lr 1e-3, batch 128, seed 0, threads 1), in one process, writing records to ``--out``
+lr 1e-3, batch 128, seeds from ``--seeds`` (default 0), threads 1), in one process, writing records to ``--out``
 (resumable: finished runs are skipped):
 
 * ``cafo``: ``convnet:32,128,512,bn_after_pool=true`` (CaFo's 3-block CNN, Conv+ReLU+Pool+BN):
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the reduced CPU budget")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (each with its BP twin)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     m, g = machine_info(), git_info()
@@ -69,14 +70,14 @@ def main() -> None:
     groups = [GROUPS[name] for name in args.groups.split(",")]
     datasets = args.data.split(",")
     if not args.skip_accuracy:
-        for data in datasets:
+        for data, seed in [(d, int(s)) for d in datasets for s in args.seeds.split(",")]:
             for model, rules, full, quick in groups:
                 for rule, opts in rules:
-                    rec = bpfree.train(rule=rule, model=model, data=data, out=args.out,
+                    rec = bpfree.train(rule=rule, model=model, data=data, out=args.out, seed=seed,
                                        suite="local_rules", epochs=quick if args.quick else full,
                                        rule_options=_options(opts, data, args.quick), threads=1,
                                        progress=False, **ADAM)
-                    print(f"{data:14s} {model:42s} {rule:10s} {rec.status:8s} "
+                    print(f"{data:14s} {model:42s} {rule:10s} seed {seed} {rec.status:8s} "
                           f"test_acc={rec.test_acc} epoch_time_s={rec.epoch_time_s}", flush=True)
         print(markdown_table(summarize(load_records(args.out))))
     if not args.skip_timing:
