@@ -49,8 +49,10 @@ DFA_EPOCHS = {("mnist", False): 5, ("fashion-mnist", False): 15, ("mnist", True)
               ("fashion-mnist", True): 1}
 
 
-def _options(opts: dict, data: str, quick: bool) -> dict:
-    return {k: (DFA_EPOCHS[(data, quick)] if v == "DFA" else v) for k, v in opts.items()}
+def _options(opts: dict, data: str, quick: bool, dfa_epochs: int | None = None) -> dict:
+    def dfa() -> int:
+        return DFA_EPOCHS[(data, quick)] if dfa_epochs is None else dfa_epochs
+    return {k: (dfa() if v == "DFA" else v) for k, v in opts.items()}
 
 
 def main() -> None:
@@ -63,6 +65,12 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (each with its BP twin)")
+    ap.add_argument("--rules", default=None,
+                    help="comma-separated subset of each group's rules (default: all)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="override every group's epoch budget (BP twins included)")
+    ap.add_argument("--dfa-epochs", type=int, default=None,
+                    help="override cafo-dfa's DFA phase length (epochs)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     m, g = machine_info(), git_info()
@@ -73,9 +81,13 @@ def main() -> None:
         for data, seed in [(d, int(s)) for d in datasets for s in args.seeds.split(",")]:
             for model, rules, full, quick in groups:
                 for rule, opts in rules:
+                    if args.rules and rule not in args.rules.split(","):
+                        continue
+                    epochs = args.epochs or (quick if args.quick else full)
                     rec = bpfree.train(rule=rule, model=model, data=data, out=args.out, seed=seed,
-                                       suite="local_rules", epochs=quick if args.quick else full,
-                                       rule_options=_options(opts, data, args.quick), threads=1,
+                                       suite="local_rules", epochs=epochs,
+                                       rule_options=_options(opts, data, args.quick,
+                                                             args.dfa_epochs), threads=1,
                                        progress=False, **ADAM)
                     print(f"{data:14s} {model:42s} {rule:10s} seed {seed} {rec.status:8s} "
                           f"test_acc={rec.test_acc} epoch_time_s={rec.epoch_time_s}", flush=True)

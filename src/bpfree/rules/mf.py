@@ -80,24 +80,33 @@ class MonoForward(LearningRule):
 
     @torch.no_grad()
     def _dense_step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """The same local gradients as :meth:`_step`, in closed form for MLP blocks."""
+        """The same local gradients as :meth:`_step`, in closed form for MLP blocks.
+
+        Written for speed (this is MF's whole cost): the target ``y*/B`` is built once per step
+        and shared by every layer, ``e_i = softmax(G_i)/B − y*/B`` is two in-place passes over a
+        (B, C) tensor, and a ReLU is applied in place (``a_i > 0`` ⇔ ``z_i > 0``, so ``σ'`` is read
+        off the output and ``z_i`` need not be kept).
+        """
         *layers, head = self._dense
+        B = len(y)
         h = x.flatten(1)
-        total = x.new_zeros(())
+        target = torch.zeros(B, head.linear.out_features, dtype=h.dtype, device=h.device)
+        target.scatter_(1, y[:, None], 1.0 / B)  # y*/B
+        total = h.new_zeros(())
         last = total
         for i, layer in enumerate(layers):
             inp = h  # a_{i-1}: an input, never differentiated
             z = layer.linear(inp)  # (B, d_i)
-            h = z if layer.act is None else layer.act(z)  # a_i
+            relu = isinstance(layer.act, nn.ReLU)
+            h = z.relu_() if relu else (z if layer.act is None else layer.act(z))  # a_i
             M = head.linear if i == len(layers) - 1 else self.M[i]  # (C, d_i)
-            G = M(h)  # (B, C) eq. 1
-            logp = torch.log_softmax(G, 1)
-            last = F.nll_loss(logp, y)  # eq. 2, reported; its gradient is e below
+            logp = torch.log_softmax(M(h), 1)  # log softmax(G_i), G_i = a_i M_iᵀ (eq. 1)
+            last = -(logp * target).sum()  # eq. 2: mean cross-entropy (target holds 1/B)
             total = total + last
-            e = logp.exp_()  # e = (softmax(G_i) − y*) / B = ∂L_i/∂G_i, (B, C)
-            e[torch.arange(len(y), device=y.device), y] -= 1
-            e /= len(y)
+            e = logp.exp_().div_(B).sub_(target)  # e_i = ∂L_i/∂G_i, (B, C)
             _dense.set_grad(M, e, h)  # ∂M_i = e_iᵀ a_i
-            delta = _dense.act_grad(layer.act, z, h, e @ M.weight)  # (B, d_i)
+            g = e @ M.weight  # ∂L_i/∂a_i, (B, d_i)
+            delta = torch.ops.aten.threshold_backward(g, h, 0) if relu else \
+                _dense.act_grad(layer.act, z, h, g)  # δ_i = g ⊙ σ'(z_i)
             _dense.set_grad(layer.linear, delta, inp)  # ∂W_i = δ_iᵀ a_{i-1}
         return {"loss": last, "loss_sum": total}
