@@ -367,3 +367,17 @@ def test_cli_report_and_tune_help(tmp_path):
     assert json.loads(json.dumps({"ok": True}))
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
+
+
+def test_untrimmed_cpu_memory_is_flagged_not_trusted():
+    recs = fake_records()
+    for r in recs:
+        r.mem_method = "vmhwm"
+        r.extra = {"mem_delta_bytes": 0 if r.rule == "mf" else 30 * 2**20}
+    table = markdown_table(summarize(recs))
+    mf_line = next(ln for ln in table.splitlines() if "| mf |" in ln)
+    assert "0†" in mf_line and "may read low" in table
+    for r in recs:
+        r.extra["mem_heap_trimmed"] = True
+    table = markdown_table(summarize(recs))
+    assert "†" not in table and "may read low" not in table

@@ -255,3 +255,21 @@ def test_git_info_keys_and_non_repo(tmp_path: Path) -> None:
     assert set(info) == {"commit", "dirty"}
     assert info["commit"] is None or len(info["commit"]) == 40
     assert git_info(tmp_path) == {"commit": None, "dirty": None}
+
+
+@pytest.mark.skipif(not meters.CLEAR_REFS.exists(), reason="needs Linux /proc/self/clear_refs")
+def test_second_phase_delta_not_hidden_by_reused_heap() -> None:
+    """Freed small blocks stay in the heap (and in RSS); a later phase reusing them must still
+    show its allocation, or a rule run after bp in the same process reads as using 0 MB."""
+    if not meters.heap_trim_available():
+        pytest.skip("allocator has no malloc_trim (not glibc)")
+
+    def churn() -> list[torch.Tensor]:
+        return [torch.ones(4096) for _ in range(8000)]  # 16 KiB blocks: heap, not mmap; ~128 MB
+
+    first = churn()
+    del first
+    with MemoryMeter() as phase:
+        second = churn()
+        del second
+    assert phase.delta_bytes is not None and phase.delta_bytes >= 64 * MB, phase.delta_bytes

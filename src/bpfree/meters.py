@@ -189,6 +189,36 @@ def _reset_hwm() -> str | None:
     return None
 
 
+_LIBC_TRIM: Callable[[int], int] | None | bool = False  # False: not looked up yet
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim(0)``) before a CPU baseline is read.
+
+    Without it, memory an earlier phase (or an earlier run in the same process) freed stays in
+    RSS, later allocations reuse it, and the next window's ``delta_bytes`` reads as ~0 although
+    the phase did allocate. No-op where glibc is not the allocator.
+    """
+    global _LIBC_TRIM
+    if _LIBC_TRIM is False:
+        _LIBC_TRIM = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                _LIBC_TRIM = None
+    if _LIBC_TRIM is not None and _LIBC_TRIM is not False:
+        _LIBC_TRIM(0)
+
+
+def heap_trim_available() -> bool:
+    """Whether CPU memory baselines are taken after ``malloc_trim`` (see ``_release_free_heap``)."""
+    _release_free_heap()
+    return _LIBC_TRIM is not None and _LIBC_TRIM is not False
+
+
 def _ru_maxrss_bytes() -> int:
     """Process-lifetime peak RSS; kB on Linux, bytes on macOS."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -307,6 +337,7 @@ class MemoryMeter:
         if rss is None:
             return "ru_maxrss-lifetime"
         _carry_peak_to_active(None)
+        _release_free_heap()
         self._reason = _reset_hwm()
         self.baseline_bytes = _read_status_bytes("VmRSS")
         if self._reason is None:

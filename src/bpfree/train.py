@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from . import data as data_mod
-from .meters import EnergyMeter, FlopMeter, MemoryMeter, Timer, git_info, machine_info, sync
+from .meters import (EnergyMeter, FlopMeter, MemoryMeter, Timer, git_info, heap_trim_available,
+                     machine_info, sync)
 from .models import build_model, count_params
 from .records import (RunRecord, is_done, median_epoch_time, read_record, record_path,
                       write_record)
@@ -358,6 +359,8 @@ class Trainer:
         rec.time_to_target_s, rec.energy_to_target_j = st.time_to_target_s, st.energy_to_target_j
         rec.target_acc = cfg.target_acc
         rec.extra = dict(rec.extra or {}, mem_delta_bytes=st.mem_delta_bytes)
+        if st.mem_method is not None and not st.mem_method.startswith("cuda"):
+            rec.extra["mem_heap_trimmed"] = heap_trim_available()
         if rec.status != "diverged":
             vals = [c["val_acc"] for c in st.curve if c["val_acc"] is not None]
             rec.val_acc = max(vals) if vals else None

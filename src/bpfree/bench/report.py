@@ -48,6 +48,7 @@ class Row:
     val_acc_mean: float | None = None
     energy_total_j: float | None = None  # median total training energy
     errors: list[str] = field(default_factory=list)
+    mem_untrimmed: bool = False  # CPU memory measured without releasing freed heap first (may read low)
 
     @property
     def energy_estimated(self) -> bool:
@@ -77,6 +78,13 @@ def _epoch_energy(r: RunRecord) -> float | None:
     return r.energy_j / r.epochs
 
 
+def _mem_untrimmed(r: RunRecord) -> bool:
+    """CPU records from before baselines were taken after ``malloc_trim``: heap freed by an earlier
+    run in the same process was reused without showing in RSS, so their deltas may read low (even 0)."""
+    method = r.mem_method or ""
+    return bool(method) and not method.startswith("cuda") and not (r.extra or {}).get("mem_heap_trimmed")
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -92,8 +100,9 @@ def summarize(records: Iterable[RunRecord]) -> list[Row]:
     groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         groups[(r.dataset, r.model, r.rule)].append(r)
-    base = {(ds, model): _cost([r for r in rs if r.status in OK_STATUSES])
-            for (ds, model, rule), rs in groups.items() if rule == "bp"}
+    base_records = {(ds, model): [r for r in rs if r.status in OK_STATUSES]
+                    for (ds, model, rule), rs in groups.items() if rule == "bp"}
+    base = {k: _cost(rs) for k, rs in base_records.items()}
     rows = []
     for (ds, model, rule), rs in sorted(groups.items(),
                                         key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "bp", kv[0][2])):
@@ -116,6 +125,8 @@ def summarize(records: Iterable[RunRecord]) -> list[Row]:
             energy_total_j=_median(r.energy_j for r in ok),
             errors=sorted({(r.error or "").splitlines()[0][:160] for r in rs
                            if r.status in ("failed", "diverged") and r.error}),
+            mem_untrimmed=any(_mem_untrimmed(r) for r in ok)
+            or any(_mem_untrimmed(r) for r in base_records.get((ds, model), [])),
         ))
     return rows
 
@@ -155,18 +166,25 @@ def markdown_table(rows: list[Row]) -> str:
             + " | × bp | GFLOP/step | × bp | time" + tgt + " s | × bp | energy" + tgt + " J |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        dag = "†" if r.mem_untrimmed else ""
         acc = "–" if r.test_acc_mean is None else (
             f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std or 0):.2f}")
         lines.append(
             f"| {r.dataset} | {r.model} | {r.rule} | {acc} | {r.n_ok}/{r.n} | "
             f"{_fmt(r.epoch_time_s, '.2f')} | {_fmt(r.time_ratio, '.2f')} | "
-            f"{_fmt(None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, '.0f')} | "
-            f"{_fmt(r.mem_ratio, '.2f')} | {_fmt(r.energy_j, '.3g')} | "
+            f"{_fmt(None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, '.0f')}"
+            f"{dag if r.peak_mem_bytes is not None else ''} | "
+            f"{_fmt(r.mem_ratio, '.2f')}{dag if r.mem_ratio is not None else ''} | {_fmt(r.energy_j, '.3g')} | "
             f"{_fmt(r.energy_ratio, '.2f')} | "
             f"{_fmt(None if r.flops_per_step is None else r.flops_per_step / 1e9, '.3g')} | "
             f"{_fmt(r.flops_ratio, '.2f')} | {_to_target(r, r.time_to_target_s, '.1f')} | "
             f"{_fmt(r.ttt_ratio, '.2f')} | {_to_target(r, r.energy_to_target_j, '.3g')} |")
     notes = [energy_note(rows)]
+    if any(r.mem_untrimmed for r in rows):
+        notes.append("† CPU memory from records taken before the meter released freed heap "
+                     "(`malloc_trim`) at each baseline: a run that followed another in the same "
+                     "process could reuse its freed heap unseen, so these values may read low (even "
+                     "0) and their ratios are not reliable; re-run to measure them.")
     bad = [f"{r.rule} on {r.dataset} ({r.model}): {r.statuses} — {'; '.join(r.errors)}"
            for r in rows if r.errors]
     if bad:
