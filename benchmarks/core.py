@@ -8,6 +8,11 @@
    *interleaved* (see ``bpfree.bench.steptime``), and writes ``steptime.json`` with the machine
    and commit. These ratios are the ones the README quotes: under a loaded machine they are far
    more stable than whole-run epoch times.
+
+   ``--steps 422 --rules bp,mf --threads 1`` makes each timed window one full training epoch of
+   Fashion-MNIST (54k training images at batch 128, as in the suite's runs): bp and mf then take
+   turns epoch by epoch, so "median epoch time, same run" is measured under the same machine load
+   for both (sequential whole runs drift by up to 2x on a shared VM).
 """
 
 from __future__ import annotations
@@ -34,24 +39,32 @@ def main() -> None:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=20, help="training steps per timed window")
+    ap.add_argument("--rules", default="bp,mf,ff,dfa", help="comma-separated; bp first")
     ap.add_argument("--suite", default=str(HERE / "core.toml"), help="suite file for the accuracy runs")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     if not args.skip_timing:
-        times = paired_step_times(["bp", "mf", "ff", "dfa"], "mlp:1000,1000", "fashion-mnist",
-                                  batch_size=128, steps=20, repeats=args.repeats)
+        rules = args.rules.split(",")
+        if rules[0] != "bp":
+            ap.error("--rules must start with bp (ratios are to bp)")
+        times = paired_step_times(rules, "mlp:1000,1000", "fashion-mnist",
+                                  batch_size=128, steps=args.steps, repeats=args.repeats)
         bp = times["bp"].median_s
         rows = {n: {"median_step_s": t.median_s, "min_s": t.spread_s[0], "max_s": t.spread_s[1],
                     "ratio_to_bp": t.median_s / bp,
                     "ratios_per_repeat": [a / b for a, b in zip(t.times_s, times["bp"].times_s)],
                     "times_s": t.times_s} for n, t in times.items()}
         blob = {"what": "paired step time, fashion-mnist, mlp:1000,1000, batch 128, fused Adam",
-                "repeats": args.repeats, "steps_per_repeat": 20, "rules": rows,
+                "repeats": args.repeats, "steps_per_repeat": args.steps, "rules": rows,
                 "machine": machine_info(), **git_info(), "torch_threads": torch.get_num_threads()}
         out.mkdir(parents=True, exist_ok=True)
         (out / "steptime.json").write_text(json.dumps(blob, indent=2))
+        if args.steps >= 100:
+            print(f"per window of {args.steps} steps (one epoch): "
+                  + ", ".join(f"{n} {r['median_step_s'] * args.steps:.2f} s" for n, r in rows.items()))
         print("| rule | median step ms | min–max ms | × bp (median of paired ratios) |\n|---|---|---|---|")
         for n, r in rows.items():
             print(f"| {n} | {1e3 * r['median_step_s']:.1f} | {1e3 * r['min_s']:.1f}–{1e3 * r['max_s']:.1f} "

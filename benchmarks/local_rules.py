@@ -71,8 +71,13 @@ def main() -> None:
                     help="override every group's epoch budget (BP twins included)")
     ap.add_argument("--dfa-epochs", type=int, default=None,
                     help="override cafo-dfa's DFA phase length (epochs)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="override Adam's learning rate (BP twins included; default 1e-3)")
+    ap.add_argument("--patience", type=int, default=0,
+                    help="early stopping on validation accuracy, best epoch restored (0: off)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    train_opts = {**ADAM, **({"lr": args.lr} if args.lr is not None else {}), "patience": args.patience}
     m, g = machine_info(), git_info()
     print(f"machine: {m.get('cpu', m)} | commit {g.get('commit')} dirty={g.get('dirty')} | threads 1")
     groups = [GROUPS[name] for name in args.groups.split(",")]
@@ -88,7 +93,7 @@ def main() -> None:
                                        suite="local_rules", epochs=epochs,
                                        rule_options=_options(opts, data, args.quick,
                                                              args.dfa_epochs), threads=1,
-                                       progress=False, **ADAM)
+                                       progress=False, **train_opts)
                     print(f"{data:14s} {model:42s} {rule:10s} seed {seed} {rec.status:8s} "
                           f"test_acc={rec.test_acc} epoch_time_s={rec.epoch_time_s}", flush=True)
         print(markdown_table(summarize(load_records(args.out))))
