@@ -361,6 +361,8 @@ class Trainer:
         rec.extra = dict(rec.extra or {}, mem_delta_bytes=st.mem_delta_bytes)
         if st.mem_method is not None and not st.mem_method.startswith("cuda"):
             rec.extra["mem_heap_trimmed"] = heap_trim_available()
+            if os.environ.get("MALLOC_MMAP_THRESHOLD_"):  # glibc tuning that changes what RSS shows
+                rec.extra["malloc_mmap_threshold"] = os.environ["MALLOC_MMAP_THRESHOLD_"]
         if rec.status != "diverged":
             vals = [c["val_acc"] for c in st.curve if c["val_acc"] is not None]
             rec.val_acc = max(vals) if vals else None
