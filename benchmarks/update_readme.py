@@ -73,7 +73,8 @@ def steptime_section(root: Path) -> str:
         m = blob["machine"]
         parts.append(f"**{blob['what']}** — `{f.relative_to(HERE.parent)}`, commit "
                      f"`{(blob.get('commit') or '?')[:10]}`{' (dirty)' if blob.get('dirty') else ''}, "
-                     f"{m.get('cpu_model')}, {blob.get('torch_threads')} torch threads:\n\n" + "\n".join(rows))
+                     f"{m.get('cpu_model')}, {blob.get('torch_threads')} torch threads, "
+                     f"{blob.get('steps_per_repeat', '?')} steps per timed window:\n\n" + "\n".join(rows))
     return "\n\n".join(parts)
 
 
