@@ -13,6 +13,11 @@
    Fashion-MNIST (54k training images at batch 128, as in the suite's runs): bp and mf then take
    turns epoch by epoch, so "median epoch time, same run" is measured under the same machine load
    for both (sequential whole runs drift by up to 2x on a shared VM).
+
+``--interleave`` trains the suite's runs of each (dataset, seed) *epoch by epoch in turn*
+(:func:`bpfree.train_interleaved`) instead of one after another: the records are the same kind
+(accuracy as each run alone, early stopping, resumable), and the epoch-time ratios compare epochs
+taken under the same machine load.
 """
 
 from __future__ import annotations
@@ -25,11 +30,30 @@ from pathlib import Path
 
 import torch
 
+from bpfree import train_interleaved
 from bpfree.bench import load_suite, markdown_table, run_suite, summarize
 from bpfree.bench.steptime import paired_step_times
 from bpfree.meters import git_info, machine_info
 
 HERE = Path(__file__).parent
+
+
+def run_interleaved(suite, out: Path) -> list:
+    """The suite's runs, grouped by (dataset, seed), each group through ``train_interleaved``."""
+    groups: dict[tuple[str, int], list] = {}
+    for spec in suite.runs:
+        groups.setdefault((spec.dataset, spec.seed), []).append(spec)
+    recs = []
+    for (dataset, seed), specs in groups.items():
+        target = suite.target_for(dataset)
+        runs = [{"rule": sp.rule, "model": sp.model, "rule_options": dict(sp.options), **sp.train}
+                for sp in specs]
+        recs += train_interleaved(runs, data=dataset, out=out, suite=suite.name, seed=seed,
+                                  progress=False, **({"target_acc": target} if target is not None else {}))
+        for r in recs[-len(specs):]:
+            print(f"{r.rule:8s} {r.model} {dataset} seed {seed}: {r.status}, test {r.test_acc}, "
+                  f"epoch {r.epoch_time_s:.2f} s", flush=True)
+    return recs
 
 
 def main() -> None:
@@ -41,6 +65,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--steps", type=int, default=20, help="training steps per timed window")
     ap.add_argument("--rules", default="bp,mf,ff,dfa", help="comma-separated; bp first")
+    ap.add_argument("--interleave", action="store_true",
+                    help="accuracy runs of each (dataset, seed) take turns epoch by epoch")
     ap.add_argument("--suite", default=str(HERE / "core.toml"), help="suite file for the accuracy runs")
     args = ap.parse_args()
     if args.threads:
@@ -71,7 +97,10 @@ def main() -> None:
                   f"| {statistics.median(r['ratios_per_repeat']):.2f} |")
     if not args.skip_accuracy:
         suite = load_suite(args.suite)
-        recs = run_suite(suite, out, progress=os.isatty(1))
+        if args.interleave:
+            recs = run_interleaved(suite, out)
+        else:
+            recs = run_suite(suite, out, progress=os.isatty(1))
         print(markdown_table(summarize(recs)))
 
 

@@ -124,3 +124,30 @@ def test_lr_schedules_shape_and_errors() -> None:
     rec = bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=3,
                        lr_schedule="cosine", **FAST)
     assert rec.status == "ok" and rec.config["train"]["lr_schedule"] == "cosine"
+
+
+def test_interleaved_runs_match_sequential_and_write_records(tmp_path) -> None:
+    """Epochs of bp, mf and dfa taken in turn: each run ends exactly as it would alone (own
+    batches and seeds), records are written, a finished run is skipped on re-run."""
+    runs = [{"rule": "bp"}, {"rule": "mf"}, {"rule": "dfa", "epochs": 2}]
+    common = {"model": "mlp:32", "epochs": 3, "lr": 1e-2, **FAST}
+    alone = {r["rule"]: bpfree.train(rule=r["rule"], data="synthetic",
+                                     **{**common, **{k: v for k, v in r.items() if k != "rule"}})
+             for r in runs}
+    recs = bpfree.train_interleaved([{**r, "model": "mlp:32"} for r in runs], data="synthetic",
+                                    out=tmp_path, **{k: v for k, v in common.items() if k != "model"})
+    assert [r.rule for r in recs] == ["bp", "mf", "dfa"]
+    for r in recs:
+        assert r.status == "ok" and r.test_acc == alone[r.rule].test_acc, r.rule
+        assert [c["val_acc"] for c in r.curve] == [c["val_acc"] for c in alone[r.rule].curve]
+    assert [r.epochs for r in recs] == [3, 3, 2]
+    again = bpfree.train_interleaved([{**r, "model": "mlp:32"} for r in runs], data="synthetic",
+                                     out=tmp_path, **{k: v for k, v in common.items() if k != "model"})
+    assert [a.created for a in again] == [r.created for r in recs]  # read back, not retrained
+
+
+def test_interleaved_bad_run_spec_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="lrr"):
+        bpfree.train_interleaved([{"rule": "bp", "lrr": 1}], data="synthetic", **FAST)
+    with pytest.raises(ConfigError, match="needs a 'rule'"):
+        bpfree.train_interleaved([{"model": "mlp:8"}], data="synthetic", **FAST)

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from . import models  # noqa: E402
 from .rule import RULES, LearningRule, Task, make_rule, register  # noqa: E402
 from . import rules as _rules  # noqa: E402,F401  (registers every rule)
-from .train import TrainConfig, Trainer, train  # noqa: E402
+from .train import TrainConfig, Trainer, train, train_interleaved  # noqa: E402
 
-__all__ = ["train", "TrainConfig", "Trainer", "RULES", "LearningRule", "Task", "make_rule",
+__all__ = ["train", "train_interleaved", "TrainConfig", "Trainer", "RULES", "LearningRule", "Task", "make_rule",
            "register", "models", "__version__"]

@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -233,6 +233,17 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> RunRecord:
+        for _ in self.epochs():
+            pass
+        return self._finish()
+
+    def epochs(self) -> Iterator[int]:
+        """Train epoch by epoch, yielding after each finished epoch (its number, 1-based).
+
+        :meth:`fit` exhausts it; :func:`train_interleaved` advances several trainers in turn.
+        Stops at the epoch budget, on divergence, early stopping or ``max_time_s``; call
+        :meth:`finish` afterwards for the record.
+        """
         cfg, s, rec = self.cfg, self.splits, self.rec
         resumed = self._load_ckpt()
         if cfg.measure_flops and rec.flops_per_step is None and not resumed:
@@ -261,7 +272,7 @@ class Trainer:
                              f"rate (--lr) or check the rule's options")
                 st.curve.append({"epoch": epoch + 1, "train_loss": None, "val_acc": None,
                                  "time_s": st.train_time_s, "energy_j": st.energy_j})
-                break
+                return
             val = evaluate(self.rule, s.x_val, s.y_val, cfg.eval_batch_size)
             st.curve.append({"epoch": epoch + 1, "train_loss": loss, "val_acc": val,
                              "time_s": st.train_time_s, "energy_j": st.energy_j})
@@ -271,11 +282,15 @@ class Trainer:
             self._save_ckpt()
             if self.on_epoch is not None:
                 self.on_epoch(epoch + 1, val)
+            yield epoch + 1
             if cfg.patience and st.bad_epochs >= cfg.patience:
                 rec.status = "early-stopped"
-                break
+                return
             if cfg.max_time_s is not None and st.train_time_s >= cfg.max_time_s:
-                break
+                return
+
+    def finish(self) -> RunRecord:
+        """The run record after :meth:`epochs` ended: best epoch restored, test accuracy."""
         return self._finish()
 
     def _train_epoch(self, n: int) -> tuple[float, float, float | None]:
@@ -407,43 +422,136 @@ def _train(cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module, d
            rule_options: dict[str, Any] | None, out: str | Path | None, suite: str,
            data_dir: str | Path | None, resume: bool,
            on_epoch: Callable[[int, float | None], None] | None) -> RunRecord:
-    bundle = _bundle(data, data_dir)
-    rule_obj = rule if isinstance(rule, LearningRule) else make_rule(rule, **(rule_options or {}))
-    model_name = model if isinstance(model, str) else type(model).__name__
-    rec = RunRecord(rule=rule_obj.name, dataset=bundle.name, model=model_name, seed=cfg.seed,
-                    suite=suite)
-    rec.config = {"train": asdict(cfg), "rule": rule_obj.hparams(), "model": model_name,
-                  "dataset": bundle.name, "data_source": bundle.source}
-    rec.machine = machine_info()
-    g = git_info()
-    rec.commit, rec.dirty = g.get("commit"), g.get("dirty")
-    path = ckpt = None
-    if out is not None:
-        path = record_path(out, suite=suite, dataset=bundle.name, model=model_name,
-                           rule=rule_obj.name, seed=cfg.seed)
-        if resume and is_done(path):
-            return read_record(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt = path.with_suffix(".ckpt")
-    splits = data_mod.prepare(bundle, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    task = Task(splits.in_shape, splits.num_classes, meta=splits.meta)  # meta: e.g. a graph
-    torch.manual_seed(cfg.seed)  # model init
-    net = build_model(model, task)
-    t0 = time.time()
+    run = _Run(cfg, rule, model, data, rule_options=rule_options, out=out, suite=suite,
+               data_dir=data_dir, resume=resume, on_epoch=on_epoch)
+    if run.done is not None:
+        return run.done
     try:
-        trainer = Trainer(rule_obj, net, splits, cfg, record=rec, ckpt_path=ckpt,
-                          on_epoch=on_epoch)
-        rec = trainer.fit()
+        run.start()
+        assert run.trainer is not None
+        run.rec = run.trainer.fit()
     except (ValueError, RuntimeError, FloatingPointError) as exc:
         if out is None:
             raise
-        rec.status, rec.error = "failed", f"{type(exc).__name__}: {exc}"
-    rec.extra = dict(rec.extra or {}, wall_s=time.time() - t0)
-    if path is not None:
-        write_record(rec, path)
-        if ckpt is not None and ckpt.exists():
-            ckpt.unlink()
-    return rec
+        run.fail(exc)
+    return run.complete()
+
+
+class _Run:
+    """One run's setup and bookkeeping around a Trainer: its record path (a finished record is
+    returned as ``done``), checkpoint, failure capture and the atomic record write."""
+
+    def __init__(self, cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module,
+                 data: Any, *, rule_options: dict[str, Any] | None, out: str | Path | None,
+                 suite: str, data_dir: str | Path | None, resume: bool,
+                 on_epoch: Callable[[int, float | None], None] | None = None) -> None:
+        self.cfg, self.model, self.on_epoch = cfg, model, on_epoch
+        self.bundle = _bundle(data, data_dir)
+        self.rule = rule if isinstance(rule, LearningRule) else make_rule(rule, **(rule_options or {}))
+        model_name = model if isinstance(model, str) else type(model).__name__
+        rec = RunRecord(rule=self.rule.name, dataset=self.bundle.name, model=model_name,
+                        seed=cfg.seed, suite=suite)
+        rec.config = {"train": asdict(cfg), "rule": self.rule.hparams(), "model": model_name,
+                      "dataset": self.bundle.name, "data_source": self.bundle.source}
+        rec.machine = machine_info()
+        g = git_info()
+        rec.commit, rec.dirty = g.get("commit"), g.get("dirty")
+        self.rec, self.path, self.ckpt = rec, None, None
+        self.done: RunRecord | None = None
+        self.trainer: Trainer | None = None
+        if out is not None:
+            self.path = record_path(out, suite=suite, dataset=self.bundle.name, model=model_name,
+                                    rule=self.rule.name, seed=cfg.seed)
+            if resume and is_done(self.path):
+                self.done = read_record(self.path)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.ckpt = self.path.with_suffix(".ckpt")
+        self.t0 = time.time()
+
+    def start(self) -> None:
+        cfg = self.cfg
+        splits = data_mod.prepare(self.bundle, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        task = Task(splits.in_shape, splits.num_classes, meta=splits.meta)  # meta: e.g. a graph
+        torch.manual_seed(cfg.seed)  # model init
+        net = build_model(self.model, task)
+        self.trainer = Trainer(self.rule, net, splits, cfg, record=self.rec, ckpt_path=self.ckpt,
+                               on_epoch=self.on_epoch)
+
+    def fail(self, exc: BaseException) -> None:
+        self.rec.status, self.rec.error = "failed", f"{type(exc).__name__}: {exc}"
+
+    def complete(self) -> RunRecord:
+        rec = self.rec
+        rec.extra = dict(rec.extra or {}, wall_s=time.time() - self.t0)
+        if self.path is not None:
+            write_record(rec, self.path)
+            if self.ckpt is not None and self.ckpt.exists():
+                self.ckpt.unlink()
+        return rec
+
+
+def train_interleaved(runs: list[dict[str, Any]], data: str | "data_mod.DataBundle" | tuple = "fashion-mnist",
+                      *, out: str | Path | None = None, suite: str = "adhoc",
+                      data_dir: str | Path | None = None, resume: bool = True,
+                      **train_options: Any) -> list[RunRecord]:
+    """Train several runs *epoch by epoch in turn* in one process; returns their records.
+
+    ``runs`` are dicts with ``rule`` and optionally ``model``, ``rule_options`` and per-run train
+    options (e.g. ``{"rule": "bp"}, {"rule": "mf"}``); ``train_options`` are shared. Epoch ``k``
+    of every run is timed next to epoch ``k`` of the others (the order rotates each round), so a
+    drifting machine slows all runs alike and their epoch-time *ratios* are measured under the
+    same conditions: on a shared VM, sequential whole runs drift by up to 2x. Accuracy is what
+    each run would reach alone (own seeds, data order, early stopping). Records are written as
+    each run ends; an interrupted call resumes from the checkpoints, skipping finished runs.
+    """
+    threads_before = torch.get_num_threads()
+    prepared: list[_Run] = []
+    try:
+        for spec in runs:
+            spec = dict(spec)
+            unknown = set(spec) - {"rule", "model", "rule_options"} - {f.name for f in fields(TrainConfig)}
+            if "rule" not in spec or unknown:
+                raise ConfigError(f"each run needs a 'rule' (and may set model, rule_options or train "
+                                  f"options); got {sorted(spec)}" + (f", unknown {sorted(unknown)}" if unknown else ""))
+            rule, model = spec.pop("rule"), spec.pop("model", "mlp:1000,1000")
+            cfg = TrainConfig.from_dict({**train_options, **{k: v for k, v in spec.items() if k != "rule_options"}})
+            prepared.append(_Run(cfg, rule, model, data, rule_options=spec.get("rule_options"),
+                                 out=out, suite=suite, data_dir=data_dir, resume=resume))
+        if any(r.cfg.threads for r in prepared):
+            torch.set_num_threads(next(r.cfg.threads for r in prepared if r.cfg.threads))
+        active: list[tuple[_Run, Iterator[int]]] = []
+        for run in prepared:
+            if run.done is None:
+                try:
+                    run.start()
+                    assert run.trainer is not None
+                    active.append((run, run.trainer.epochs()))
+                except (ValueError, RuntimeError, FloatingPointError) as exc:
+                    if out is None:
+                        raise
+                    run.fail(exc)
+                    run.done = run.complete()
+        rnd = 0
+        while active:
+            order = active[rnd % len(active):] + active[:rnd % len(active)]
+            for run, it in order:
+                try:
+                    next(it)
+                    continue
+                except StopIteration:
+                    assert run.trainer is not None
+                    run.rec = run.trainer.finish()
+                except (ValueError, RuntimeError, FloatingPointError) as exc:
+                    if out is None:
+                        raise
+                    run.fail(exc)
+                run.done = run.complete()
+                active.remove((run, it))
+            rnd += 1
+    finally:
+        torch.set_num_threads(threads_before)
+    return [r.done for r in prepared if r.done is not None]
 
 
 def _bundle(data: Any, data_dir: str | Path | None) -> "data_mod.DataBundle":
