@@ -30,30 +30,17 @@ from pathlib import Path
 
 import torch
 
-from bpfree import train_interleaved
 from bpfree.bench import load_suite, markdown_table, run_suite, summarize
+from bpfree.bench.runner import run_interleaved
 from bpfree.bench.steptime import paired_step_times
 from bpfree.meters import git_info, machine_info
 
 HERE = Path(__file__).parent
 
 
-def run_interleaved(suite, out: Path) -> list:
-    """The suite's runs, grouped by (dataset, seed), each group through ``train_interleaved``."""
-    groups: dict[tuple[str, int], list] = {}
-    for spec in suite.runs:
-        groups.setdefault((spec.dataset, spec.seed), []).append(spec)
-    recs = []
-    for (dataset, seed), specs in groups.items():
-        target = suite.target_for(dataset)
-        runs = [{"rule": sp.rule, "model": sp.model, "rule_options": dict(sp.options), **sp.train}
-                for sp in specs]
-        recs += train_interleaved(runs, data=dataset, out=out, suite=suite.name, seed=seed,
-                                  progress=False, **({"target_acc": target} if target is not None else {}))
-        for r in recs[-len(specs):]:
-            print(f"{r.rule:8s} {r.model} {dataset} seed {seed}: {r.status}, test {r.test_acc}, "
-                  f"epoch {r.epoch_time_s:.2f} s", flush=True)
-    return recs
+def _print_record(r) -> None:
+    print(f"{r.rule:8s} {r.model} {r.dataset} seed {r.seed}: {r.status}, test {r.test_acc}, "
+          f"epoch {r.epoch_time_s} s", flush=True)
 
 
 def main() -> None:
@@ -98,7 +85,7 @@ def main() -> None:
     if not args.skip_accuracy:
         suite = load_suite(args.suite)
         if args.interleave:
-            recs = run_interleaved(suite, out)
+            recs = run_interleaved(suite, out, on_record=_print_record)
         else:
             recs = run_suite(suite, out, progress=os.isatty(1))
         print(markdown_table(summarize(recs)))

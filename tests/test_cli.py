@@ -76,3 +76,25 @@ def test_bench_custom_suite_resumes(tmp_path, capsys) -> None:
     assert len(stamps) == 2
     assert main(["bench", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+
+
+def test_bench_interleave_same_records_and_resume(tmp_path, capsys) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\ndatasets = ["synthetic"]\nseeds = [0]\n'
+                     '[train]\nepochs = 2\nbatch_size = 64\nmeasure_flops = false\nenergy = false\n'
+                     '[[runs]]\nrule = "mf"\nmodel = "mlp:16"\n')
+    seq, inter = tmp_path / "seq", tmp_path / "inter"
+    assert main(["bench", "--suite", str(suite), "--out", str(seq), "--quiet"]) == 0
+    assert main(["bench", "--suite", str(suite), "--out", str(inter), "--quiet", "--interleave"]) == 0
+    assert "| synthetic | mlp:16 | mf |" in capsys.readouterr().out
+    by_rel = {p.relative_to(seq): json.loads(p.read_text()) for p in seq.rglob("seed*.json")}
+    got = {p.relative_to(inter): json.loads(p.read_text()) for p in inter.rglob("seed*.json")}
+    assert set(got) == set(by_rel) and len(got) == 2  # same record paths as the queue runner
+    for rel, rec in got.items():
+        assert rec["test_acc"] == by_rel[rel]["test_acc"] and rec["epochs"] == 2
+    stamps = {p: p.stat().st_mtime_ns for p in inter.rglob("*.json")}
+    assert main(["bench", "--suite", str(suite), "--out", str(inter), "--quiet", "--interleave"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in inter.rglob("*.json")} == stamps
+    capsys.readouterr()
+    assert main(["bench", "--suite", str(suite), "--out", str(inter), "--interleave", "--workers", "2"]) == 2
+    assert "--workers" in capsys.readouterr().err

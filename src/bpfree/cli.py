@@ -116,8 +116,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         finally:
             q.close()
         return 0
-    records = run_suite(suite, out, data_dir=args.data_dir, progress=not args.quiet,
-                        device=args.device, workers=getattr(args, "workers", 1), **queue_opts)
+    if getattr(args, "interleave", False):
+        if getattr(args, "workers", 1) > 1 or queue_opts["storage"]:
+            raise ConfigError("--interleave trains the runs in turn in one process; it cannot be "
+                              "combined with --workers or --storage")
+        from .bench import run_interleaved
+
+        records = run_interleaved(suite, out, data_dir=args.data_dir, device=args.device,
+                                  progress=not args.quiet, use_tuned=queue_opts["use_tuned"])
+    else:
+        records = run_suite(suite, out, data_dir=args.data_dir, progress=not args.quiet,
+                            device=args.device, workers=getattr(args, "workers", 1), **queue_opts)
     table = markdown_table(summarize(records))
     print(f"\n## suite {suite.name}: {suite.description}\n")
     print(table)
@@ -224,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --storage: a claim without heartbeat for S seconds is taken over")
     s.add_argument("--wait", action="store_true",
                    help="keep waiting for runs held by other workers (and take them over if they die)")
+    s.add_argument("--interleave", action="store_true",
+                   help="train each (dataset, seed)'s runs epoch by epoch in turn, so epoch-time "
+                   "ratios to bp are measured under the same machine load (one process)")
     s.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal
 
     s = sub.add_parser("tune", help="tune every rule of a suite with the same Optuna trial budget")

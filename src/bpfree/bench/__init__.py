@@ -1,10 +1,10 @@
 """Benchmarks: suites as data files, fair tuning, a resumable multi-worker runner and the report."""
 
 from .suite import Suite, load_suite, list_suites
-from .runner import run_suite
+from .runner import run_interleaved, run_suite
 from .report import summarize, markdown_table
 
-__all__ = ["Suite", "load_suite", "list_suites", "run_suite", "summarize", "markdown_table",
+__all__ = ["Suite", "load_suite", "list_suites", "run_suite", "run_interleaved", "summarize", "markdown_table",
            "tune_suite", "write_report"]
 
 

@@ -260,3 +260,41 @@ def _run_parallel(suite: Suite, out: Path, *, workers: int, progress: bool, **kw
 
 def _short(label: Any) -> str:
     return str(label).replace(" seed ", "/s") if label else "?"
+
+
+def run_interleaved(suite: Suite, out: str | Path, *, data_dir: str | Path | None = None,
+                    device: str = "auto", progress: bool = False, use_tuned: bool = True,
+                    on_record: Any = None) -> list[RunRecord]:
+    """The suite in one process, the runs of each (dataset, seed) *epoch by epoch in turn*
+    (:func:`bpfree.train.train_interleaved`): their epoch times are taken under the same machine
+    load, so the ratios to the BP twin do not carry the drift between sequential runs. Same
+    records, paths and resume behaviour as :func:`run_suite` (finished runs are skipped)."""
+    from ..train import train_interleaved
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[tuple[str, int], list[RunSpec]] = {}
+    for spec in suite.runs:
+        groups.setdefault((spec.dataset, spec.seed), []).append(spec)
+    recs: list[RunRecord] = []
+    for (dataset, seed), specs in groups.items():
+        runs = []
+        for spec in specs:
+            train_opts, options = dict(spec.train), dict(spec.options)
+            tuned = load_tuned(out, suite.name, spec, None) if use_tuned else None
+            if tuned:
+                train_opts.update(tuned.get("train", {}))
+                options.update(tuned.get("options", {}))
+            target = suite.target_for(dataset)
+            if target is not None:
+                train_opts.setdefault("target_acc", target)
+            train_opts.setdefault("device", device)
+            train_opts.setdefault("progress", progress)
+            train_opts["seed"] = seed
+            runs.append({"rule": spec.rule, "model": spec.model, "rule_options": options, **train_opts})
+        group = train_interleaved(runs, data=dataset, out=out, suite=suite.name, data_dir=data_dir)
+        for rec in group:
+            if on_record is not None:
+                on_record(rec)
+        recs += group
+    return recs
