@@ -235,7 +235,7 @@ class Trainer:
     def fit(self) -> RunRecord:
         for _ in self.epochs():
             pass
-        return self._finish()
+        return self.finish()
 
     def epochs(self) -> Iterator[int]:
         """Train epoch by epoch, yielding after each finished epoch (its number, 1-based).
@@ -289,9 +289,6 @@ class Trainer:
             if cfg.max_time_s is not None and st.train_time_s >= cfg.max_time_s:
                 return
 
-    def finish(self) -> RunRecord:
-        """The run record after :meth:`epochs` ended: best epoch restored, test accuracy."""
-        return self._finish()
 
     def _train_epoch(self, n: int) -> tuple[float, float, float | None]:
         cfg, s = self.cfg, self.splits
@@ -359,7 +356,8 @@ class Trainer:
             return None
         return int(meter.total)
 
-    def _finish(self) -> RunRecord:
+    def finish(self) -> RunRecord:
+        """The run record after :meth:`epochs` ended: best epoch restored, test accuracy."""
         cfg, s, st, rec = self.cfg, self.splits, self.state, self.rec
         if self.best_state is not None and rec.status != "diverged":
             self.rule.load_state_dict(self.best_state)  # test the model early stopping chose
