@@ -17,6 +17,7 @@ Typical use inside a training loop::
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import platform
@@ -189,7 +190,17 @@ def _reset_hwm() -> str | None:
     return None
 
 
-_LIBC_TRIM: Callable[[int], int] | None | bool = False  # False: not looked up yet
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where glibc is not the allocator."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _release_free_heap() -> None:
@@ -199,24 +210,14 @@ def _release_free_heap() -> None:
     RSS, later allocations reuse it, and the next window's ``delta_bytes`` reads as ~0 although
     the phase did allocate. No-op where glibc is not the allocator.
     """
-    global _LIBC_TRIM
-    if _LIBC_TRIM is False:
-        _LIBC_TRIM = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-            except (OSError, AttributeError):
-                _LIBC_TRIM = None
-    if _LIBC_TRIM is not None and _LIBC_TRIM is not False:
-        _LIBC_TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def heap_trim_available() -> bool:
     """Whether CPU memory baselines are taken after ``malloc_trim`` (see ``_release_free_heap``)."""
-    _release_free_heap()
-    return _LIBC_TRIM is not None and _LIBC_TRIM is not False
+    return _malloc_trim() is not None
 
 
 def _ru_maxrss_bytes() -> int:

@@ -46,12 +46,11 @@ def _failed_record(suite: Suite, spec: RunSpec, exc: BaseException) -> RunRecord
     return rec
 
 
-def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueue | SqlQueue, *,
-             data_dir: str | Path | None, device: str, progress: bool, use_tuned: bool,
-             storage: str | None, bar: Any = None) -> RunRecord:
-    path = FileQueue(out, suite.name).path(spec)
-    train_opts = dict(spec.train)
-    options = dict(spec.options)
+def _spec_options(suite: Suite, spec: RunSpec, out: Path, *, storage: str | None, use_tuned: bool,
+                  device: str, progress: bool) -> tuple[dict[str, Any], dict[str, Any], dict | None]:
+    """(train options, rule options, tuned config) of one run: the suite's, then a tuned config
+    if one exists, then the suite's target accuracy, device and progress defaults."""
+    train_opts, options = dict(spec.train), dict(spec.options)
     tuned = load_tuned(out, suite.name, spec, storage) if use_tuned else None
     if tuned:
         train_opts.update(tuned.get("train", {}))
@@ -61,6 +60,15 @@ def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueu
     if target is not None:
         train_opts.setdefault("target_acc", target)
     train_opts.setdefault("progress", progress)
+    return train_opts, options, tuned
+
+
+def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueue | SqlQueue, *,
+             data_dir: str | Path | None, device: str, progress: bool, use_tuned: bool,
+             storage: str | None, bar: Any = None) -> RunRecord:
+    path = FileQueue(out, suite.name).path(spec)
+    train_opts, options, tuned = _spec_options(suite, spec, out, storage=storage,
+                                               use_tuned=use_tuned, device=device, progress=progress)
     epochs = train_opts.get("epochs")
 
     def on_epoch(epoch: int, val: float | None) -> None:
@@ -280,16 +288,9 @@ def run_interleaved(suite: Suite, out: str | Path, *, data_dir: str | Path | Non
     for (dataset, seed), specs in groups.items():
         runs = []
         for spec in specs:
-            train_opts, options = dict(spec.train), dict(spec.options)
-            tuned = load_tuned(out, suite.name, spec, None) if use_tuned else None
-            if tuned:
-                train_opts.update(tuned.get("train", {}))
-                options.update(tuned.get("options", {}))
-            target = suite.target_for(dataset)
-            if target is not None:
-                train_opts.setdefault("target_acc", target)
-            train_opts.setdefault("device", device)
-            train_opts.setdefault("progress", progress)
+            train_opts, options, _ = _spec_options(suite, spec, out, storage=None,
+                                                   use_tuned=use_tuned, device=device,
+                                                   progress=progress)
             train_opts["seed"] = seed
             runs.append({"rule": spec.rule, "model": spec.model, "rule_options": options, **train_opts})
         group = train_interleaved(runs, data=dataset, out=out, suite=suite.name, data_dir=data_dir)
