@@ -6,6 +6,8 @@ memory being ``extra["mem_delta_bytes"]``: peak RSS above the pre-training basel
 
     PYTHONPATH=src BPFREE_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/auxnet.py \
         --model resnet:8,width=8 --epochs 3 --train-subset 20000
+    # accuracy at convergence: a cosine schedule to 0 so that every rule ends on a settled model
+    ... --epochs 6 --train-subset 20000 --lr-schedule cosine --rules bp,dgl   # and auglocal,man
 
 ``--train-subset N`` trains on the first N training images (the full test set is always used) so
 that a deep CNN fits a CPU budget; say so when quoting numbers. FLOP counting is off: it runs a
@@ -39,6 +41,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr-schedule", default="constant",
+                    help="constant | cosine | linear-cooldown (the same for every rule)")
     ap.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all)")
     ap.add_argument("--rules", default="bp,dgl,auglocal,man")
     ap.add_argument("--seed", type=int, default=0)
@@ -51,8 +55,8 @@ def main() -> None:
                                    y_train=data.y_train[:n])
     for rule in args.rules.split(","):
         rec = train(rule=rule, model=args.model, data=data, epochs=args.epochs, lr=args.lr,
-                    batch_size=args.batch_size, seed=args.seed, threads=1, progress=False,
-                    measure_flops=False, energy=False, out=args.out, suite="auxnet")
+                    batch_size=args.batch_size, lr_schedule=args.lr_schedule, seed=args.seed,
+                    threads=1, progress=False, measure_flops=False, energy=False, out=args.out, suite="auxnet")
         mem = (rec.extra or {}).get("mem_delta_bytes")
         print(f"{rule:9s} {rec.status:6s} test_acc {rec.test_acc} epoch_time_s {rec.epoch_time_s} "
               f"mem_delta_MiB {mem / 2**20 if mem else None} curve "
