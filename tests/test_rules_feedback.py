@@ -201,6 +201,39 @@ def test_pepita_dropout_rate() -> None:
     assert abs(r._keep_prob - 0.9) < 1e-5 and abs(keep.mean().item() - 0.9) < 3e-3
 
 
+def test_pepita_takes_dropout_from_the_model() -> None:
+    """Dropout belongs to the network: pepita applies the model's rate with the model's mask
+    generator; an option that contradicts the model is an error; other dense rules refuse it."""
+    from bpfree.rule import ConfigError
+
+    r = _bound("pepita", "mlp:20,16,dropout=0.25")
+    assert r._p == 0.25 and _bound("pepita", "mlp:20")._p == 0.0
+    assert _bound("pepita", "mlp:20,dropout=0.25", dropout=0.25)._p == 0.25
+    with pytest.raises(ConfigError, match="already have"):
+        _bound("pepita", "mlp:20,dropout=0.25", dropout=0.1)
+    with pytest.raises(ConfigError, match="does not apply dropout"):
+        _bound("fa", "mlp:20,dropout=0.25")
+    x, y = _xy()  # the model's dropout gives exactly the option's update (same generator draws)
+    a, b = _bound("pepita", "mlp:20,16,dropout=0.25"), _bound("pepita", "mlp:20,16", dropout=0.25)
+    a.step(x, y), b.step(x, y)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_model_dropout_layer_rate_and_scaling() -> None:
+    from bpfree.models import Dropout, keep_prob
+
+    d = Dropout(0.1).train()
+    x = torch.ones(200, 1000, requires_grad=True)
+    out = d(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 3e-3
+    torch.testing.assert_close(out[kept], torch.full_like(out[kept], 1 / keep_prob(0.1)))
+    out.sum().backward()  # the gradient is masked and scaled the same way
+    torch.testing.assert_close(x.grad, out.detach())
+    assert torch.equal(d.eval()(x), x) and abs(keep_prob(0.1) - 0.9) < 1e-5
+
+
 def test_pepita_uses_no_autograd_and_decays() -> None:
     rep = audit("pepita")
     assert rep.locality == "none" and rep.passed and rep.trained

@@ -24,26 +24,38 @@ ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.GELU, nn.Identity,
 
 @dataclass
 class Dense:
-    """One block (or the head) as ``h = act(W·flatten(x) + b)``."""
+    """One block (or the head) as ``h = drop(act(W·flatten(x) + b))``."""
 
     linear: nn.Linear
     act: nn.Module | None
+    dropout: float = 0.0  # drop rate of the block's nn.Dropout (the rule applies it itself)
 
 
-def dense_layers(model: nn.Module, rule: str) -> list[Dense]:
-    """The model's children as dense layers; a ConfigError names anything else (conv, RNN...)."""
+def dense_layers(model: nn.Module, rule: str, allow_dropout: bool = False) -> list[Dense]:
+    """The model's children as dense layers; a ConfigError names anything else (conv, RNN...).
+
+    A trailing ``nn.Dropout`` is accepted only when the rule applies dropout itself
+    (``allow_dropout``); other explicit-math rules would silently train without it."""
     layers = []
     for name, child in model.named_children():
         mods = list(child.children()) if isinstance(child, nn.Sequential) else [child]
+        drops = [m for m in mods if isinstance(m, nn.Dropout)]
+        if drops and mods[-1] is drops[-1] and len(drops) == 1:
+            mods = mods[:-1]
         lins = [m for m in mods if isinstance(m, nn.Linear)]
         acts = [m for m in mods if isinstance(m, ELEMENTWISE)]
         other = [m for m in mods if not isinstance(m, (nn.Linear, nn.Flatten, *ELEMENTWISE))]
         if len(lins) != 1 or len(acts) > 1 or other or (acts and mods.index(acts[0]) < mods.index(lins[0])):
             raise ConfigError(
-                f"rule {rule!r} needs an MLP: every block must be [Flatten,] Linear[, activation]; "
-                f"{name!r} is {child.__class__.__name__}({', '.join(type(m).__name__ for m in mods)}). "
+                f"rule {rule!r} needs an MLP: every block must be [Flatten,] Linear[, activation"
+                f"[, Dropout]]; {name!r} is {child.__class__.__name__}"
+                f"({', '.join(type(m).__name__ for m in mods + drops[-1:])}). "
                 f"Use an 'mlp:...' model, or a block-local rule such as 'dfa' for other models.")
-        layers.append(Dense(lins[0], acts[0] if acts else None))
+        p = float(drops[0].p) if drops else 0.0
+        if p > 0 and not allow_dropout:
+            raise ConfigError(f"rule {rule!r} does not apply dropout, but block {name!r} has "
+                              f"Dropout(p={p}); remove 'dropout=' from the model spec.")
+        layers.append(Dense(lins[0], acts[0] if acts else None, p))
     return layers
 
 

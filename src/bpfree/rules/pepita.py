@@ -28,9 +28,14 @@ second full first-layer matmul — identical numbers, a third fewer FLOPs than a
 over backprop's two big GEMMs). Dropout: one keep mask per step shared by both passes, drawn as
 16-bit integers (see :meth:`PEPITA._masks`), with the inverted-dropout factor folded into scalars.
 
+Dropout belongs to the network: the native model ``mlp:1024,bias=false,dropout=0.1`` carries
+:class:`bpfree.models.Dropout` layers, which the BP twin applies through autograd and PEPITA
+applies itself (same mask generator, same rate), so the two are compared on the same network.
+The ``dropout`` option (default: the model's rate) adds dropout to a model without it.
+
 Paper defaults (Table 6 / authors' code for MNIST, 1×1024 ReLU, no biases): F uniform in
 ``±0.05·√(6/d_in)``, SGD with momentum 0.9, lr 0.01, batch 64, lr × 0.1 at epochs 60 and 90
-(100 epochs), dropout 10 % (same mask in both passes), He-uniform weights (the rule re-draws the
+(100 epochs), dropout 10 % (in the native model; same mask in both passes), He-uniform weights (the rule re-draws the
 model's weights as U(±√(6/fan_in)) at bind; ``init="default"`` keeps nn.Linear's init). **The paper requires
 its own optimizer and schedule**: train it with :attr:`recommended_train` (SGD 0.9, lr 0.01,
 batch 64, ``lr_schedule="step-60-90"``: the Trainer's lr × 0.1 at 60 % and 90 % of the epochs,
@@ -49,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..rule import LearningRule, Task, register
+from ..models import keep_mask, keep_prob
+from ..rule import ConfigError, LearningRule, Task, register
 from ._dense import dense_layers
 
 
@@ -59,7 +65,7 @@ class PEPITA(LearningRule):
     family = "forward-only"
     locality = "none"
     paper = "https://arxiv.org/abs/2201.11665"
-    native_model = "mlp:1024,bias=false"
+    native_model = "mlp:1024,bias=false,dropout=0.1"
     smoke_model = "mlp:256"
     smoke = {"epochs": 12, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "batch_size": 64}
     #: train options the paper uses; benchmarks pass them to both PEPITA and its BP twin
@@ -68,14 +74,14 @@ class PEPITA(LearningRule):
                                                    "val_fraction": 0.0}
     search_space = {"lr": ("log", 1e-3, 1e-1), "feedback_scale": ("log", 0.01, 0.5)}
 
-    def __init__(self, feedback_scale: float = 0.05, dropout: float = 0.1,
+    def __init__(self, feedback_scale: float = 0.05, dropout: float | None = None,
                  decay_epochs: str = "", decay_factor: float = 0.1, init: str = "he_uniform",
                  mirror: bool = False, wm_lr: float = 0.01, wm_decay: float = 0.1,
                  wm_noise: float = 0.1) -> None:
         super().__init__()
         if feedback_scale <= 0:
             raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
-        if not 0 <= dropout < 1:
+        if dropout is not None and not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         try:
             milestones = [int(t) for t in decay_epochs.split(",") if t.strip()]
@@ -92,9 +98,19 @@ class PEPITA(LearningRule):
         self.mirror, self.wm_lr, self.wm_decay, self.wm_noise = mirror, wm_lr, wm_decay, wm_noise
         self._milestones = milestones
         self._scale = 1.0
+        self._p = dropout or 0.0  # the drop rate in use (the model's, unless the option says)
 
     def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
-        self._layers = dense_layers(model, self.name)
+        self._layers = dense_layers(model, self.name, allow_dropout=True)
+        rates = {layer.dropout for layer in self._layers[:-1]}
+        if len(rates) > 1 or self._layers[-1].dropout > 0:
+            raise ConfigError(f"pepita applies one dropout rate to every hidden layer and none to "
+                              f"the head; the model has {[l.dropout for l in self._layers]}")
+        model_p = rates.pop() if rates else 0.0
+        if self.dropout is not None and model_p > 0 and self.dropout != model_p:
+            raise ConfigError(f"pepita: dropout={self.dropout} but the model's blocks already have "
+                              f"Dropout(p={model_p}); drop one of the two (the model's is used).")
+        self._p = model_p if model_p > 0 else (self.dropout or 0.0)
         d_in, C = self._layers[0].linear.in_features, task.num_classes
         if self.init == "he_uniform":  # paper: U(±√(6/fan_in)), biases zero
             with torch.no_grad():
@@ -121,33 +137,22 @@ class PEPITA(LearningRule):
     def _masks(self, x: Tensor) -> list[Tensor | None]:
         """One dropout *keep* mask per hidden layer (0/1 floats), shared by both passes.
 
-        Cost matters here (drawn as ``rand(B, d) < keep`` the masks cost 0.3x of a bp step on CPU):
-        one ``random_`` call fills full-range int64 words whose four 16-bit lanes are four
-        independent uniform integers u on [-2^15, 2^15); a unit is kept when u < t, so
-        P(keep) = (t + 2^15)/2^16 = round(keep·2^16)/2^16 (|error| < 8e-6), a quarter of the
-        generator calls of ``rand``. The comparison ``u < t`` writes straight into a float tensor
-        (``torch.lt(..., out=)``): one pass, 2.5x cheaper on CPU than float conversion + clamp and
-        6x cheaper than a bool mask converted to float (bool→float products are slow on CPU). The inverted-dropout factor 1/P(keep) is folded
+        All masks come from one :func:`bpfree.models.keep_mask` call (16-bit integer lanes, the
+        same masks as the model's :class:`bpfree.models.Dropout`; ``bernoulli_`` or ``rand``
+        would cost 0.3x of a bp step on CPU). The inverted-dropout factor 1/P(keep) is folded
         into scalars downstream (:meth:`_step`), never applied as a pass over the mask.
         """
         hidden = self._layers[:-1]
-        if self.dropout == 0:
+        if self._p == 0:
             return [None] * len(hidden)
         sizes = [len(x) * l.linear.out_features for l in hidden]
-        words = torch.empty((sum(sizes) + 3) // 4, dtype=torch.int64, device=x.device)
-        words.random_(-2**63, 2**63 - 1, generator=self._device_generator(x.device))
-        u = words.view(torch.int16)[:sum(sizes)]  # (Σ B·d_l,) uniform 16-bit integers
-        keep = torch.empty(sum(sizes), dtype=x.dtype, device=x.device)
-        torch.lt(u, self._keep_threshold, out=keep)  # 1.0 where u < t: one pass, no bool tensor
+        keep = keep_mask(sum(sizes), self._p, dtype=x.dtype, device=x.device,
+                         generator=self._device_generator(x.device))
         return [m.view(len(x), -1) for m in keep.split(sizes)]
 
     @property
-    def _keep_threshold(self) -> int:
-        return round((1 - self.dropout) * 2**16) - 2**15
-
-    @property
     def _keep_prob(self) -> float:  # the exact P(keep) of the 16-bit threshold
-        return (self._keep_threshold + 2**15) / 2**16
+        return keep_prob(self._p)
 
     def _minus_one(self, like: Tensor) -> Tensor:
         c = self.__dict__.get("_m1")
@@ -185,7 +190,7 @@ class PEPITA(LearningRule):
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         layers, n, L = self._layers, len(x), len(self._layers) - 1
         masks = self._masks(x)
-        q = 1.0 / self._keep_prob if self.dropout > 0 else 1.0  # inverted-dropout factor
+        q = 1.0 / self._keep_prob if self._p > 0 else 1.0  # inverted-dropout factor
         x = x.flatten(1)
         # pass 1: standard forward. W_1 F (for pass 2) rides along in the first GEMM:
         # [x; Fᵀ] W_1ᵀ, one GEMM instead of two
