@@ -80,10 +80,12 @@ def main() -> None:
                       f"epoch_time_s={rec.epoch_time_s}")
         print(markdown_table(summarize(load_records(args.out))))
     if not args.skip_timing:
-        print("\nInterleaved per-step cost (median of repeats), ratio to bp on the same model:")
+        print("\nInterleaved per-step cost (median of repeats; each group's optimizer), ratio to bp "
+              "on the same model:")
         for model, rules, opts, _ in chosen:
+            optim = {k: v for k, v in opts.items() if k in ("optimizer", "momentum")}
             times = paired_step_times(rules, model, args.data, batch_size=opts["batch_size"],
-                                      steps=15, repeats=args.timing_repeats, lr=opts["lr"])
+                                      steps=15, repeats=args.timing_repeats, lr=opts["lr"], **optim)
             bp = times["bp"]
             # ratio of medians, and [median of the per-repeat paired ratios] (robust to drift)
             row = ", ".join(f"{r} {t.median_s * 1e3:.1f} ms ({t.median_s / bp.median_s:.2f}x "

@@ -40,15 +40,19 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
                       steps: int = 20, repeats: int = 7, warmup: int = 3, lr: float = 1e-3,
                       rule_options: dict[str, dict[str, Any]] | None = None,
                       data_dir: str | None = None, seed: int = 0, device: str = "auto",
-                      model_for: dict[str, str] | None = None) -> dict[str, StepTimes]:
+                      model_for: dict[str, str] | None = None,
+                      **train_options: Any) -> dict[str, StepTimes]:
     """Median per-step training time of each rule, measured interleaved with the others.
 
     ``model_for`` gives a rule another spec of the same network (e.g. bp on the differentiable
-    twin of a black-box ``physical:`` model).
+    twin of a black-box ``physical:`` model); ``train_options`` are further
+    :class:`~bpfree.train.TrainConfig` fields (e.g. ``optimizer="sgd", momentum=0.9``), the same
+    for every rule.
     """
     bundle = data_mod.load_dataset(data, data_dir)
     splits = data_mod.prepare(bundle, val_fraction=0.0, seed=seed)
-    cfg = TrainConfig(batch_size=batch_size, lr=lr, seed=seed, progress=False, device=device)
+    cfg = TrainConfig(batch_size=batch_size, lr=lr, seed=seed, progress=False, device=device,
+                      **train_options)
     trainers = {}
     for name in rules:
         torch.manual_seed(seed)
