@@ -23,7 +23,8 @@ from torch import nn
 
 from ..rule import ConfigError, Task, _suggest
 
-__all__ = ["Dropout", "keep_mask", "keep_prob", "mlp", "convnet", "build_model", "parse_spec", "MODELS", "blocks_of", "head_of"]
+__all__ = ["Dropout", "keep_mask", "keep_prob", "mlp", "convnet", "build_model", "parse_spec",
+           "MODELS", "blocks_of", "head_of"]
 
 
 class Triangle(nn.Module):

@@ -35,8 +35,8 @@ The ``dropout`` option (default: the model's rate) adds dropout to a model witho
 
 Paper defaults (Table 6 / authors' code for MNIST, 1×1024 ReLU, no biases): F uniform in
 ``±0.05·√(6/d_in)``, SGD with momentum 0.9, lr 0.01, batch 64, lr × 0.1 at epochs 60 and 90
-(100 epochs), dropout 10 % (in the native model; same mask in both passes), He-uniform weights (the rule re-draws the
-model's weights as U(±√(6/fan_in)) at bind; ``init="default"`` keeps nn.Linear's init). **The paper requires
+(100 epochs), dropout 10 % (in the native model; same mask in both passes), He-uniform weights
+(the rule re-draws the model's weights as U(±√(6/fan_in)) at bind; ``init="default"`` keeps nn.Linear's init). **The paper requires
 its own optimizer and schedule**: train it with :attr:`recommended_train` (SGD 0.9, lr 0.01,
 batch 64, ``lr_schedule="step-60-90"``: the Trainer's lr × 0.1 at 60 % and 90 % of the epochs,
 i.e. epochs 60 and 90 of 100, applied to the BP twin alike; ``val_fraction=0``: like the paper,
