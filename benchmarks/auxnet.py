@@ -8,6 +8,8 @@ memory being ``extra["mem_delta_bytes"]``: peak RSS above the pre-training basel
         --model resnet:8,width=8 --epochs 3 --train-subset 20000
     # accuracy at convergence: a cosine schedule to 0 so that every rule ends on a settled model
     ... --epochs 6 --train-subset 20000 --lr-schedule cosine --rules bp,dgl   # and auglocal,man
+    # a rule option (records are keyed by rule name, so give each variant its own --out)
+    ... --rules auglocal --set aux_depth=5 --out results/auxnet-d5
 
 ``--train-subset N`` trains on the first N training images (the full test set is always used) so
 that a deep CNN fits a CPU budget; say so when quoting numbers. FLOP counting is off: it runs a
@@ -29,6 +31,7 @@ if "MALLOC_MMAP_THRESHOLD_" not in os.environ:  # must be set before the process
 
 from bpfree import train  # noqa: E402
 from bpfree.bench import markdown_table, summarize  # noqa: E402
+from bpfree.cli import _parse_sets  # noqa: E402
 from bpfree.data import load_dataset  # noqa: E402
 from bpfree.meters import git_info, machine_info  # noqa: E402
 from bpfree.records import load_records  # noqa: E402
@@ -45,6 +48,8 @@ def main() -> None:
                     help="constant | cosine | linear-cooldown (the same for every rule)")
     ap.add_argument("--train-subset", type=int, default=0, help="first N training images (0: all)")
     ap.add_argument("--rules", default="bp,dgl,auglocal,man")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a rule option for every rule in --rules, e.g. --set aux_depth=5 (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/auxnet")
     args = ap.parse_args()
@@ -54,7 +59,7 @@ def main() -> None:
         data = dataclasses.replace(data, name=f"{data.name}[:{n}]", x_train=data.x_train[:n],
                                    y_train=data.y_train[:n])
     for rule in args.rules.split(","):
-        rec = train(rule=rule, model=args.model, data=data, epochs=args.epochs, lr=args.lr,
+        rec = train(rule=rule, rule_options=_parse_sets(args.set), model=args.model, data=data, epochs=args.epochs, lr=args.lr,
                     batch_size=args.batch_size, lr_schedule=args.lr_schedule, seed=args.seed,
                     threads=1, progress=False, measure_flops=False, energy=False, out=args.out, suite="auxnet")
         mem = (rec.extra or {}).get("mem_delta_bytes")
