@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from bpfree import Task, make_rule
 from bpfree.models import build_model
 from bpfree.models.resnet import BasicBlock
+from bpfree.rules.auxnet import split_modules
 
 LOCAL = ["dgl", "auglocal", "man"]
 
@@ -39,26 +40,63 @@ def test_resnet_shapes(in_shape, n, out_hw) -> None:
     assert m(torch.randn(2, *in_shape)).shape == (2, 10)
 
 
+def test_split_modules() -> None:
+    assert split_modules(5, 5) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert split_modules(9, 4) == [(0, 2), (2, 4), (4, 6), (6, 9)]  # extra block goes last
+    assert split_modules(9, 2) == [(0, 4), (4, 9)]
+    for n in range(1, 12):
+        for k in range(1, n + 1):
+            b = split_modules(n, k)
+            assert b[0][0] == 0 and b[-1][1] == n and len(b) == k
+            assert all(e == s2 for (_, e), (s2, _) in zip(b, b[1:]))
+            sizes = [e - s for s, e in b]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes)
+
+
+@pytest.mark.parametrize("n_modules", [0, 3])
 @pytest.mark.parametrize("name", LOCAL)
-def test_grads_equal_per_module_autograd(name: str) -> None:
-    """Oracle: module k's gradient is ∇_{θ_k} CE(a_k(f_k(h_{k-1}.detach())), y), nothing else."""
-    rule = _bound(name)
-    ref = _bound(name)  # identical copy, gradients by plain autograd one module at a time
+def test_grads_equal_per_module_autograd(name: str, n_modules: int) -> None:
+    """Oracle: module k's gradient is ∇_{θ_k} CE(a_k(f_k(h_{k-1}.detach())), y), nothing else;
+    with ``n_modules`` f_k is a group of consecutive blocks trained through one another."""
+    rule = _bound(name, n_modules=n_modules)
+    ref = _bound(name, n_modules=n_modules)  # identical copy, plain autograd one module at a time
     x, y = _batch()
     rule.step(x, y)
     *blocks, head = ref.blocks
+    bounds = split_modules(len(blocks), n_modules or len(blocks))
+    assert rule.bounds == bounds and len(rule.aux) == len(bounds) - 1
     ref.train()
     h = x
-    for k, block in enumerate(blocks):
+    for k, (start, end) in enumerate(bounds):
         for p in ref.parameters():
             p.grad = None
-        out = block(h.detach())
-        logits = head(out) if k == len(blocks) - 1 else ref.aux[k](out)
-        params = list(block.parameters())
+        out = h.detach()
+        for block in blocks[start:end]:
+            out = block(out)
+        logits = head(out) if k == len(bounds) - 1 else ref.aux[k](out)
+        params = [p for block in blocks[start:end] for p in block.parameters()]
         grads = torch.autograd.grad(F.cross_entropy(logits, y), params)
-        for p_rule, g in zip(rule.blocks[k].parameters(), grads):
+        got = [p for block in rule.blocks[start:end] for p in block.parameters()]
+        for p_rule, g in zip(got, grads, strict=True):
             torch.testing.assert_close(p_rule.grad, g)
         h = out
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_grouped_modules_audit_and_errors(name: str) -> None:
+    """Blocks inside one module are trained jointly; module boundaries stay gradient-isolated."""
+    from bpfree.audit import audit
+    from bpfree.rule import ConfigError
+
+    rep = audit(name, model="resnet:4,width=8", rule_options={"n_modules": 2})
+    assert rep.passed, rep.summary()
+    rule = _bound(name, n_modules=2)  # 5 blocks -> (0, 2), (2, 5)
+    assert rule.joint_blocks() == {1, 3, 4}
+    assert _bound(name).joint_blocks() == set()
+    with pytest.raises(ConfigError, match="n_modules=9"):
+        _bound(name, n_modules=9)
+    with pytest.raises(ValueError, match="n_modules"):
+        make_rule(name, n_modules=1)
 
 
 @pytest.mark.parametrize("name", LOCAL)
@@ -95,6 +133,36 @@ def test_auglocal_pyramidal_uniform_selection() -> None:
             h = blk(h)
         assert aux(h).shape == (len(x), 10)
         assert sum(isinstance(m, BasicBlock) for m in aux) == len(rule.selected(k, 7))
+
+
+def test_auglocal_grouped_modules_mirror_layers_after_the_module() -> None:
+    r = make_rule("auglocal", aux_depth=3)
+    assert r.selected(0, 4, n_layers=9, last=1) == [3, 6, 8]  # uniform over layers 2..8
+    assert r.selected(1, 4, n_layers=9, last=3) == [5, 8]  # pyramidal: depth 2 for module 1 of 4
+    assert r.selected(2, 4, n_layers=9, last=5) == [8]  # and 1 for module 2
+    rule = _bound("auglocal", spec="resnet:6,width=8", aux_depth=3, n_modules=3)
+    x, _ = _batch()
+    for k, aux in enumerate(rule.aux):
+        h = x
+        for blk in rule.blocks[:rule.bounds[k][1]]:
+            h = blk(h)
+        assert aux(h).shape == (len(x), 10)
+        n_mirrored = len(rule.selected(k, 3, 7, rule.bounds[k][1] - 1))
+        assert sum(isinstance(m, BasicBlock) for m in aux) == n_mirrored
+
+
+def test_man_grouped_ema_follows_the_whole_next_module() -> None:
+    rule = _bound("man", spec="resnet:5,width=8", momentum=0.5, n_modules=3)  # (0,2),(2,4),(4,6)
+    with torch.no_grad():
+        for b in rule.blocks[2:4]:
+            for p in b.parameters():
+                p.add_(1.0)
+    before = [p.detach().clone() for p in rule.aux[0][0].parameters()]
+    target = [p.detach().clone() for b in rule.blocks[2:4] for p in b.parameters()]
+    assert len(before) == len(target)
+    rule.step(*_batch())
+    for p, e, t in zip(rule.aux[0][0].parameters(), before, target, strict=True):
+        torch.testing.assert_close(p, 0.5 * e + 0.5 * t)
 
 
 def test_man_ema_and_bias() -> None:
@@ -141,19 +209,21 @@ class _LiveSaved:
         return box.t
 
 
+@pytest.mark.parametrize("n_modules,bound", [(0, 0.6), (4, 0.7)])
 @pytest.mark.parametrize("name", LOCAL)
-def test_activation_memory_below_bp(name: str) -> None:
+def test_activation_memory_below_bp(name: str, n_modules: int, bound: float) -> None:
     """Per-module backward frees each module's graph: saved activations peak far below BP's."""
     spec, shape = "resnet:8,width=8", (1, 28, 28)
     x, y = _batch(shape, n=32)
     peaks = {}
     for rule_name in ("bp", name):
-        rule = _bound(rule_name, spec=spec, in_shape=shape)
+        opts = {"n_modules": n_modules} if rule_name != "bp" else {}
+        rule = _bound(rule_name, spec=spec, in_shape=shape, **opts)
         meter = _LiveSaved()
         with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
             rule.step(x, y)
         peaks[rule_name] = meter.peak
-    assert peaks[name] < 0.6 * peaks["bp"], peaks
+    assert peaks[name] < bound * peaks["bp"], peaks
 
 
 @pytest.mark.slow

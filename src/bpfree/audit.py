@@ -6,7 +6,9 @@ One training step of the rule runs with probes on every block boundary:
   any gradient flowing *through that block into the block below* (a fresh view, so the block
   below's own local loss on the same tensor is not counted);
 - a rule with ``head_is_local`` (MF: the head *is* the last layer's projection M_L) trains the
-  last block through the head by design, so that one boundary is not probed;
+  last block through the head by design, so that one boundary is not probed; likewise the
+  boundaries a rule's ``joint_blocks()`` names (blocks grouped into one module, e.g. DGL's
+  ``n_modules``) are not probed;
 - for ``locality = "none"`` rules, a hook on every model parameter records any backward pass that
   reaches the model at all.
 
@@ -71,8 +73,9 @@ def audit(rule: str | LearningRule, model: str | nn.Module | None = None,
     report = AuditReport(r.name, r.locality)
     handles = []
     children = list(net.named_children())
+    joint = r.joint_blocks()
     for k, (name, child) in enumerate(children):
-        if k == 0 or (k == len(children) - 1 and r.head_is_local):
+        if k == 0 or (k == len(children) - 1 and r.head_is_local) or k in joint:
             continue
         below = children[k - 1][0]
 

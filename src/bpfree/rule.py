@@ -99,6 +99,12 @@ class LearningRule(nn.Module):
         assert self.model is not None, "call bind() first"
         return list(self.model.children())
 
+    def joint_blocks(self) -> set[int]:
+        """Indices k of blocks trained *jointly with block k-1* by design (the two share one
+        gradient-isolated module, e.g. DGL with ``n_modules`` < blocks): the audit does not probe
+        the boundary below them. Default: none, every block boundary is a locality boundary."""
+        return set()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

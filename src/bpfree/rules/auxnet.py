@@ -1,9 +1,11 @@
 """Block-local learning with auxiliary networks: DGL, AugLocal and MAN.
 
-The model's blocks are split into gradient-isolated modules (one module = one block: the stem or
-one residual block of :mod:`bpfree.models.resnet`). Module k receives its input *detached*,
-computes ``h_k = f_k(h_{k-1}.detach())`` and is trained only by the cross-entropy of its own
-auxiliary network ``a_k``:
+The model's blocks are split into K gradient-isolated modules. By default one module = one block
+(the stem or one residual block of :mod:`bpfree.models.resnet`), AugLocal's and MAN's setting;
+``n_modules=K`` groups the blocks into K contiguous modules instead (DGL's and InfoPro's K = 2, 4,
+8, 16 splits; the first modules, which hold the largest activations, get the fewer blocks).
+Module k receives its input *detached*, computes ``h_k = f_k(h_{k-1}.detach())`` and is trained
+only by the cross-entropy of its own auxiliary network ``a_k``:
 
     L_k = CE(a_k(f_k(h_{k-1}.detach())), y),     θ_k, ψ_k ← ∇_{θ_k, ψ_k} L_k only   (DGL §3, greedy objective)
 
@@ -21,10 +23,11 @@ applies every module's gradient). The three rules differ only in ``a_k``:
   output shapes, their own freshly initialised weights), followed by a copy of the classifier
   (GAP + Linear). Its depth shrinks linearly with k ("pyramidal depth"):
   ``d_k = round(d_min + (d - d_min)·(K-2-k)/(K-2))`` for the K-1 hidden modules, capped by the
-  number of layers after k; layer i of ``a_k`` mirrors primary layer ``k + round(i·(K-1-k)/d_k)``,
-  i = 1..d_k (so the last one is always the primary network's last block).
+  number of layers after k; layer i of ``a_k`` mirrors primary layer ``j + round(i·(L-1-j)/d_k)``,
+  i = 1..d_k, where j is module k's last layer and L the number of layers (so the last one is
+  always the primary network's last block; with one block per module j = k and L = K).
 - **man** (Su et al., ECCV 2024, https://arxiv.org/abs/2407.05623): ``a_k`` starts with a
-  momentum copy of the *next* block, ``θ̃_{k+1} ← m·θ̃_{k+1} + (1-m)·θ_{k+1}`` after every step
+  momentum copy of the *next* module, ``θ̃_{k+1} ← m·θ̃_{k+1} + (1-m)·θ_{k+1}`` after every step
   (not trained by gradient; the gradient only flows *through* it into module k), plus a
   learnable per-channel bias ``b_k`` on its output ("learnable bias", closing the feature gap
   between the EMA block and module k's features), followed by the DGL auxiliary head.
@@ -73,6 +76,20 @@ def dgl_head(shape: tuple[int, ...], num_classes: int, convs: int, mlp: int) -> 
     return nn.Sequential(*mods)
 
 
+def split_modules(n_blocks: int, n_modules: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, end)`` block ranges of ``n_modules`` modules over ``n_blocks`` blocks.
+
+    Sizes differ by at most one; the later modules take the extra blocks, because the first
+    modules hold the largest activations and a module's activations are what its backward keeps.
+    """
+    if not 1 <= n_modules <= n_blocks:
+        raise ValueError(f"need 1 <= n_modules <= n_blocks, got {n_modules}, {n_blocks}")
+    small, extra = divmod(n_blocks, n_modules)
+    sizes = [small] * (n_modules - extra) + [small + 1] * extra
+    ends = [sum(sizes[:i + 1]) for i in range(n_modules)]
+    return [(e - s, e) for s, e in zip(sizes, ends)]
+
+
 class _AuxLocal(LearningRule):
     """Shared machinery: detach between modules, one backward per module, head = last aux."""
 
@@ -86,16 +103,33 @@ class _AuxLocal(LearningRule):
     smoke = {"epochs": 5, "lr": 3e-3, "threads": 1}  # 1 thread: 15x faster on the shared CPU
     search_space = {"lr": ("log", 1e-4, 1e-2)}
 
+    n_modules: int = 0
+
+    def _check_modules(self, n_modules: int) -> None:
+        if n_modules < 0 or n_modules == 1:
+            raise ValueError(f"n_modules must be 0 (one module per block) or >= 2, got {n_modules}")
+        self.n_modules = n_modules
+
     def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
         shapes = block_output_shapes(model, task.in_shape)[:-1]  # (C, H, W) of every block
         if len(shapes) < 2:
             raise ConfigError(f"rule {self.name!r} needs a model with >= 2 blocks + head")
+        if self.n_modules > len(shapes):
+            raise ConfigError(f"n_modules={self.n_modules} but the model has only {len(shapes)} "
+                              f"blocks before its head; use n_modules <= {len(shapes)} (0: one "
+                              f"module per block)")
+        self.bounds = split_modules(len(shapes), self.n_modules or len(shapes))
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):  # init from the run's seed, global RNG untouched
             torch.manual_seed(seed)
-            self.aux = nn.ModuleList(self._make_aux(k, shapes, task) for k in range(len(shapes) - 1))
+            self.aux = nn.ModuleList(self._make_aux(k, shapes, task)
+                                     for k in range(len(self.bounds) - 1))
+
+    def joint_blocks(self) -> set[int]:
+        return {j for start, end in getattr(self, "bounds", []) for j in range(start + 1, end)}
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
+        """Module k's auxiliary net; module k ends with block ``self.bounds[k][1] - 1``."""
         raise NotImplementedError
 
     def _step(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
@@ -103,9 +137,12 @@ class _AuxLocal(LearningRule):
         h = x
         total = x.new_zeros(())
         loss = total
-        for k, block in enumerate(blocks):
-            out = block(h.detach())  # module k's loss must not reach module k-1
-            logits = head(out) if k == len(blocks) - 1 else self.aux[k](out)  # (B, C)
+        last = len(self.bounds) - 1
+        for k, (start, end) in enumerate(self.bounds):
+            out = h.detach()  # module k's loss must not reach module k-1
+            for block in blocks[start:end]:
+                out = block(out)
+            logits = head(out) if k == last else self.aux[k](out)  # (B, C)
             loss = F.cross_entropy(logits, y)
             loss.backward()  # now, so module k's graph is freed before module k+1 runs
             total = total + loss.detach()
@@ -124,16 +161,17 @@ class DGL(_AuxLocal):
     name = "dgl"
     paper = "https://arxiv.org/abs/1901.08164"
 
-    def __init__(self, aux_convs: int = 1, aux_mlp: int = 3) -> None:
+    def __init__(self, aux_convs: int = 1, aux_mlp: int = 3, n_modules: int = 0) -> None:
         super().__init__()
         if aux_convs < 0:
             raise ValueError(f"aux_convs must be >= 0, got {aux_convs}")
         if aux_mlp < 1:
             raise ValueError(f"aux_mlp (Linear layers in the auxiliary MLP) must be >= 1, got {aux_mlp}")
         self.aux_convs, self.aux_mlp = aux_convs, aux_mlp
+        self._check_modules(n_modules)
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
-        return dgl_head(shapes[k], task.num_classes, self.aux_convs, self.aux_mlp)
+        return dgl_head(shapes[self.bounds[k][1] - 1], task.num_classes, self.aux_convs, self.aux_mlp)
 
 
 def _mirror(block: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> nn.Module:
@@ -155,28 +193,39 @@ class AugLocal(_AuxLocal):
     name = "auglocal"
     paper = "https://arxiv.org/abs/2402.17318"
 
-    def __init__(self, aux_depth: int = 3, min_depth: int = 1) -> None:
+    def __init__(self, aux_depth: int = 3, min_depth: int = 1, n_modules: int = 0) -> None:
         super().__init__()
         if not 1 <= min_depth <= aux_depth:
             raise ValueError(f"need 1 <= min_depth <= aux_depth, got min_depth={min_depth}, "
                              f"aux_depth={aux_depth}")
         self.aux_depth, self.min_depth = aux_depth, min_depth
+        self._check_modules(n_modules)
 
-    def depth(self, k: int, n_modules: int) -> int:
-        """Pyramidal depth d_k of module k's auxiliary net (k = 0..K-2 of K modules)."""
+    def depth(self, k: int, n_modules: int, n_layers: int | None = None,
+              last: int | None = None) -> int:
+        """Pyramidal depth d_k of module k's auxiliary net (k = 0..K-2 of K modules), capped by the
+        number of layers after module k's last layer ``last`` (default: one layer per module)."""
+        n_layers = n_modules if n_layers is None else n_layers
+        last = k if last is None else last
         frac = (n_modules - 2 - k) / (n_modules - 2) if n_modules > 2 else 1.0
         d = round(self.min_depth + (self.aux_depth - self.min_depth) * frac)
-        return max(1, min(d, n_modules - 1 - k))
+        return max(1, min(d, n_layers - 1 - last))
 
-    def selected(self, k: int, n_modules: int) -> list[int]:
-        """Indices of the primary layers module k's auxiliary net mirrors (uniform, ends at K-1)."""
-        d, later = self.depth(k, n_modules), n_modules - 1 - k
-        return [k + round(i * later / d) for i in range(1, d + 1)]
+    def selected(self, k: int, n_modules: int, n_layers: int | None = None,
+                 last: int | None = None) -> list[int]:
+        """Indices of the primary layers module k's auxiliary net mirrors: uniform over the layers
+        after module k's last layer, ending at the network's last layer."""
+        n_layers = n_modules if n_layers is None else n_layers
+        last = k if last is None else last
+        d, later = self.depth(k, n_modules, n_layers, last), n_layers - 1 - last
+        return [last + round(i * later / d) for i in range(1, d + 1)]
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
         blocks = self.blocks[:-1]
-        mods, cur = [], shapes[k]
-        for j in self.selected(k, len(blocks)):
+        last = self.bounds[k][1] - 1
+        mods, cur = [], shapes[last]
+        cur_in = cur
+        for j in self.selected(k, len(self.bounds), len(blocks), last):
             mods.append(_mirror(blocks[j], cur, shapes[j]))
             cur = shapes[j]
         head = copy.deepcopy(self.blocks[-1])  # the classifier's type, fresh weights
@@ -186,7 +235,7 @@ class AugLocal(_AuxLocal):
         aux = nn.Sequential(*mods, head)
         with torch.no_grad():  # fail at bind time, with a clear message, if shapes do not chain
             try:
-                aux.eval()(torch.zeros(2, *shapes[k]))
+                aux.eval()(torch.zeros(2, *cur_in))
             except RuntimeError as exc:
                 raise ConfigError(f"auglocal cannot mirror the layers after block {k} of this "
                                   f"model ({exc}); use a resnet model") from None
@@ -211,25 +260,34 @@ class MAN(_AuxLocal):
     name = "man"
     paper = "https://arxiv.org/abs/2407.05623"
 
-    def __init__(self, momentum: float = 0.995, aux_convs: int = 1, aux_mlp: int = 3) -> None:
+    def __init__(self, momentum: float = 0.995, aux_convs: int = 1, aux_mlp: int = 3,
+                 n_modules: int = 0) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if aux_convs < 0 or aux_mlp < 1:
             raise ValueError(f"need aux_convs >= 0 and aux_mlp >= 1, got {aux_convs}, {aux_mlp}")
         self.momentum, self.aux_convs, self.aux_mlp = momentum, aux_convs, aux_mlp
+        self._check_modules(n_modules)
+
+    def _next_module(self, k: int) -> list[nn.Module]:
+        start, end = self.bounds[k + 1]
+        return list(self.blocks[start:end])
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
-        ema = copy.deepcopy(self.blocks[k + 1])  # θ̃_{k+1} starts equal to θ_{k+1}
+        nxt = self._next_module(k)
+        # θ̃_{k+1} starts equal to θ_{k+1}; a single block stays unwrapped (one block per module)
+        ema = copy.deepcopy(nxt[0] if len(nxt) == 1 else nn.Sequential(*nxt))
         for p in ema.parameters():
             p.requires_grad_(False)  # updated by EMA only; gradients pass *through* it
-        return nn.Sequential(ema, _BiasAdd(shapes[k + 1]),
-                             dgl_head(shapes[k + 1], task.num_classes, self.aux_convs, self.aux_mlp))
+        out_shape = shapes[self.bounds[k + 1][1] - 1]
+        return nn.Sequential(ema, _BiasAdd(out_shape),
+                             dgl_head(out_shape, task.num_classes, self.aux_convs, self.aux_mlp))
 
     @torch.no_grad()
     def _after_step(self) -> None:
         m = self.momentum
         for k, aux in enumerate(self.aux):
-            src = dict(self.blocks[k + 1].named_parameters())
-            for n, p in aux[0].named_parameters():  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
-                p.lerp_(src[n], 1.0 - m)
+            src = [p for b in self._next_module(k) for p in b.parameters()]
+            for p, q in zip(aux[0].parameters(), src, strict=True):  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
+                p.lerp_(q, 1.0 - m)
