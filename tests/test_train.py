@@ -38,6 +38,45 @@ def test_record_written_and_skipped(tmp_path) -> None:
     assert again.created == rec.created  # read back, not retrained
 
 
+def test_finished_record_with_other_settings_is_not_returned(tmp_path) -> None:
+    """Records are keyed by rule name: a finished run with other options must not be passed off
+    as this run's result; resume=False overwrites, run-only options (threads...) don't count."""
+    first = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path, **FAST)
+    same = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path,
+                        threads=1, **FAST)
+    assert same.created == first.created
+    with pytest.raises(ConfigError, match=r"other settings \(rule.feedback: 'uniform' -> 'gaussian'\)"):
+        bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path,
+                     rule_options={"feedback": "gaussian"}, **FAST)
+    with pytest.raises(ConfigError, match=r"train.epochs: 1 -> 2.*resume=False"):
+        bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=2, out=tmp_path, **FAST)
+    new = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=2, out=tmp_path,
+                       resume=False, **FAST)
+    path = record_path(tmp_path, suite="adhoc", dataset="synthetic", model="mlp:16", rule="fa", seed=0)
+    assert new.epochs == 2 and read_record(path).config["train"]["epochs"] == 2
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path) -> None:
+    train_mod = sys.modules["bpfree.train"]
+    orig = train_mod.Trainer._save_ckpt
+
+    def crash(self) -> None:
+        orig(self)
+        raise KeyboardInterrupt
+
+    train_mod.Trainer._save_ckpt = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=3, lr=1e-3,
+                         out=tmp_path, **FAST)
+    finally:
+        train_mod.Trainer._save_ckpt = orig
+    with pytest.raises(ConfigError, match=r"checkpoint .* other settings \(train.lr: 0.001 -> 0.01\)"):
+        bpfree.train(rule="bp", model="mlp:16", data="synthetic", epochs=3, lr=1e-2,
+                     out=tmp_path, **FAST)
+    assert len(list(tmp_path.rglob("*.ckpt"))) == 1 and not list(tmp_path.rglob("*.json"))
+
+
 def test_divergence_is_recorded_not_raised(tmp_path) -> None:
     rec = bpfree.train(rule="bp", model="mlp:64,64", data="synthetic", epochs=3, lr=1e6,
                        optimizer="sgd", out=tmp_path, **FAST)

@@ -76,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if getattr(args, k) is not None}
     opts["progress"] = not args.quiet
     rec = train(rule=args.rule, model=args.model, data=args.dataset, data_dir=args.data_dir,
-                rule_options=_parse_sets(args.set), out=args.out, **opts)
+                rule_options=_parse_sets(args.set), out=args.out, resume=not args.overwrite, **opts)
     acc = "n/a" if rec.test_acc is None else f"{100 * rec.test_acc:.2f}%"
     print(f"{rec.rule} on {rec.dataset} ({rec.model}): status {rec.status}, test acc {acc}, "
           f"{rec.epochs} epochs, median epoch {rec.epoch_time_s or 0:.2f} s"
@@ -212,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, help="torch CPU threads")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="a rule option (repeatable)")
     s.add_argument("--out", help="directory for the run record (JSON) and checkpoint")
+    s.add_argument("--overwrite", action="store_true",
+                   help="retrain even if --out already holds this run's finished record")
     s.add_argument("--data-dir", help="directory holding the dataset folders (or BPFREE_DATA_DIR)")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -183,6 +183,45 @@ class _State:
     energy_to_target_j: float | None = None
 
 
+#: train options that change how a run is executed or observed, not what it computes
+_RUN_ONLY = frozenset({"progress", "threads", "device", "measure_flops", "energy",
+                       "eval_batch_size", "max_time_s"})
+
+
+def settings_of(config: dict[str, Any] | None) -> dict[str, Any]:
+    """What makes two runs the same run: rule options, model, dataset and the train options that
+    change the result (JSON-normalised, so a record read back compares equal)."""
+    import json
+
+    config = config or {}
+    train_cfg = {k: v for k, v in (config.get("train") or {}).items() if k not in _RUN_ONLY}
+    out = {"rule": config.get("rule"), "model": config.get("model"),
+           "dataset": config.get("dataset"), "train": train_cfg}
+    return json.loads(json.dumps(out, default=str))
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every setting that differs (nested keys joined by '.')."""
+    diffs: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{key}.{d}" for d in settings_diff(a, b)]
+        elif a != b:
+            diffs.append(f"{key}: {a!r} -> {b!r}")
+    return diffs
+
+
+def _check_ckpt_settings(path: Path, blob: dict[str, Any], config: dict[str, Any] | None) -> None:
+    if config and "settings" in blob:
+        diff = settings_diff(blob["settings"], settings_of(config))
+        if diff:
+            raise ConfigError(
+                f"checkpoint {path} belongs to a run with other settings ({'; '.join(diff)}); "
+                f"resuming it would mix two runs. Delete it to start afresh, or write this run "
+                f"elsewhere (another out directory or suite name)")
+
+
 class Trainer:
     """Train one rule on one model and dataset; returns a :class:`RunRecord`."""
 
@@ -212,7 +251,7 @@ class Trainer:
         blob = {"rule": self.rule.state_dict(), "opt": self.opt.state_dict() if self.opt else None,
                 "gen": self.gen.get_state(), "rule_gen": self.rule._generator.get_state(),
                 "state": asdict(self.state), "best_state": self.best_state,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "settings": settings_of(self.rec.config)}
         tmp = self.ckpt_path.with_suffix(".ckpt.tmp")
         torch.save(blob, tmp)
         os.replace(tmp, self.ckpt_path)
@@ -221,6 +260,7 @@ class Trainer:
         if self.ckpt_path is None or not self.ckpt_path.exists():
             return False
         blob = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        _check_ckpt_settings(self.ckpt_path, blob, self.rec.config)
         self.rule.load_state_dict(blob["rule"])
         if self.opt is not None and blob["opt"] is not None:
             self.opt.load_state_dict(blob["opt"])
@@ -461,10 +501,22 @@ class _Run:
             self.path = record_path(out, suite=suite, dataset=self.bundle.name, model=model_name,
                                     rule=self.rule.name, seed=cfg.seed)
             if resume and is_done(self.path):
-                self.done = read_record(self.path)
+                done = read_record(self.path)
+                diff = settings_diff(settings_of(done.config), settings_of(rec.config)) \
+                    if done.config else []
+                if diff:
+                    raise ConfigError(
+                        f"{self.path} already holds a finished run of {rec.rule} with other "
+                        f"settings ({'; '.join(diff)}); records are keyed by suite, dataset, "
+                        f"model, rule and seed. Write this run elsewhere (another out directory "
+                        f"or suite name), or pass resume=False (`bpfree train --overwrite`) to overwrite that record")
+                self.done = done
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.ckpt = self.path.with_suffix(".ckpt")
+            if self.ckpt.exists():  # refuse now, before a failed record could replace it
+                blob = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+                _check_ckpt_settings(self.ckpt, blob, rec.config)
         self.t0 = time.time()
 
     def start(self) -> None:
