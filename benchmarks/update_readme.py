@@ -175,7 +175,7 @@ def anchor_comparison(rows: list) -> str:
     """This suite's rules beside the papers' anchors: accuracy, and the gap to the BP twin (ours)
     vs the gap to the paper's own BP baseline (sizes and hardware differ; the gaps compare)."""
     anchors = _anchors()
-    twins = {(r.dataset, r.model): r for r in rows if r.rule == "bp"}
+    twins = {(r.dataset, r.model): r for r in rows if r.rule == "bp" and not r.variant}
     lines = []
     for r in rows:
         a = anchors.get((r.rule, r.dataset))
@@ -187,7 +187,7 @@ def anchor_comparison(rows: list) -> str:
         paper_gap = f"{a['anchor'] - a['anchor_bp']:+.2f}" if "anchor_bp" in a else "–"
         sd = f" ± {100 * r.test_acc_std:.2f}" if r.n_ok > 1 else ""
         bsd = "" if bp is None or bp.n_ok < 2 else f" ± {100 * bp.test_acc_std:.2f}"
-        lines.append(f"| {r.dataset} | {r.rule} | `{r.model}` | {100 * r.test_acc_mean:.2f}{sd} | "
+        lines.append(f"| {r.dataset} | {r.name} | `{r.model}` | {100 * r.test_acc_mean:.2f}{sd} | "
                      f"{'–' if bp is None or bp.test_acc_mean is None else f'{100 * bp.test_acc_mean:.2f}{bsd}'} | "
                      f"{ours_gap} | {a['anchor']:g} | {a.get('anchor_bp', '–')} | {paper_gap} | {a['source']} |")
     if not lines:
@@ -229,7 +229,7 @@ def overview() -> str:
             rows = summarize([r for r in recs if r.suite == suite])
             # bp's twin of a black-box physical model is its ideal differentiable copy
             twins = {(r.dataset, r.model.replace(",differentiable=true", "")): r
-                     for r in rows if r.rule == "bp"}
+                     for r in rows if r.rule == "bp" and not r.variant}
             for r in rows:
                 if r.test_acc_mean is None:
                     continue
@@ -264,11 +264,12 @@ def overview() -> str:
         c = cost.get(rule)
         std = f" ± {100 * r.test_acc_std:.2f}" if n_ok > 1 else ""
         lines.append(
-            f"| `{rule}` | {r.dataset} | {100 * acc:.2f}{std} | {n_ok} | {_num(r.epochs)} | `{r.model}` | "
+            f"| `{r.name}` | {r.dataset} | {100 * acc:.2f}{std} | {n_ok} | {_num(r.epochs)} | `{r.model}` | "
             f"{'–' if bp is None else f'{100 * bp:.2f}'} | {tgt} | {met} | {anchor} | "
             f"{'–' if c is None else f'{c[0]:.2f}'} | `{group}` |")
     return ("The best committed result of every rule on each dataset and model family (the highest mean test "
-            "accuracy over that rule's benchmark runs: budgets differ, see *epochs* and the "
+            "accuracy over that rule's benchmark runs, its options included: `rule[k=v]` names "
+            "options that differ from the defaults; budgets differ, see *epochs* and the "
             "per-suite tables below), its BP twin from the same run, the project's target and the "
             "paper's anchor (`benchmarks/anchors.toml`; anchors come from the papers' own, usually "
             "larger, settings), and the paired step-time ratio to bp on the rule's native model "

@@ -78,6 +78,25 @@ def test_bench_custom_suite_resumes(tmp_path, capsys) -> None:
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
 
 
+def test_bench_runs_rule_variants_side_by_side(tmp_path, capsys) -> None:
+    """An ablation: the default rule and an option variant in one suite, one BP twin, own rows."""
+    suite = tmp_path / "abl.toml"
+    suite.write_text('name = "abl"\ndatasets = ["synthetic"]\nseeds = [0]\n'
+                     '[train]\nepochs = 1\nbatch_size = 64\nmeasure_flops = false\nenergy = false\n'
+                     '[[runs]]\nrule = "fa"\nmodel = "mlp:16"\n'
+                     '[[runs]]\nrule = "fa"\nmodel = "mlp:16"\noptions = {feedback = "gaussian"}\n')
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    for name in ("bp", "fa", "fa[feedback=gaussian]"):
+        assert f"| synthetic | mlp:16 | {name} |" in table, table
+    names = sorted(p.parent.name for p in out.rglob("*.json"))
+    assert names == ["bp", "fa", "fa%5Bfeedback=gaussian%5D"], names
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.json")}
+    assert main(["bench", "--suite", str(suite), "--out", str(out), "--quiet"]) == 0  # resumes
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.json")} == stamps
+
+
 def test_bench_interleave_same_records_and_resume(tmp_path, capsys) -> None:
     suite = tmp_path / "tiny.toml"
     suite.write_text('name = "tiny"\ndatasets = ["synthetic"]\nseeds = [0]\n'

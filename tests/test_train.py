@@ -39,15 +39,22 @@ def test_record_written_and_skipped(tmp_path) -> None:
 
 
 def test_finished_record_with_other_settings_is_not_returned(tmp_path) -> None:
-    """Records are keyed by rule name: a finished run with other options must not be passed off
-    as this run's result; resume=False overwrites, run-only options (threads...) don't count."""
+    """A finished run with other settings must not be passed off as this run's result: rule options
+    off the defaults make a variant with its own record; anything else that changes the result is
+    refused; resume=False overwrites; run-only options (threads...) don't count."""
     first = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path, **FAST)
     same = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path,
                         threads=1, **FAST)
     assert same.created == first.created
+    variant = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path,
+                           rule_options={"feedback": "gaussian"}, **FAST)  # its own record
+    vpath = record_path(tmp_path, suite="adhoc", dataset="synthetic", model="mlp:16",
+                        rule="fa[feedback=gaussian]", seed=0)
+    assert read_record(vpath).config["variant"] == "feedback=gaussian"
+    assert variant.config["rule"]["feedback"] == "gaussian"
     with pytest.raises(ConfigError, match=r"other settings \(rule.feedback: 'uniform' -> 'gaussian'\)"):
         bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=1, out=tmp_path,
-                     rule_options={"feedback": "gaussian"}, **FAST)
+                     rule_options={"feedback": "gaussian"}, variant="", **FAST)  # forced label
     with pytest.raises(ConfigError, match=r"train.epochs: 1 -> 2.*resume=False"):
         bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=2, out=tmp_path, **FAST)
     new = bpfree.train(rule="fa", model="mlp:16", data="synthetic", epochs=2, out=tmp_path,

@@ -302,3 +302,27 @@ def is_done(path: str | os.PathLike[str], *, retry_failed: bool = False) -> bool
     if retry_failed and rec.status == "failed":
         return False
     return rec.status in FINAL_STATUSES
+
+
+def record_variant(rec: RunRecord) -> str:
+    """The rule options of ``rec`` that differ from the defaults ("" for the default rule): the
+    record's own ``config["variant"]``, or, for records written before variants were recorded,
+    the difference between ``config["rule"]`` and the rule's current defaults."""
+    config = rec.config or {}
+    if "variant" in config:
+        return str(config["variant"] or "")
+    from .rule import RULES, rule_hparams
+    from . import rules as _  # noqa: F401  (populate the registry)
+
+    cls, opts = RULES.get(rec.rule), config.get("rule") or {}
+    if cls is None or not isinstance(opts, dict):
+        return ""
+    params = rule_hparams(cls)
+    return ",".join(f"{k}={v}" for k, v in opts.items()
+                    if k in params and v != params[k].default)
+
+
+def record_rule_key(rec: RunRecord) -> str:
+    """``rule`` or ``rule[variant]``, as in the record's path (see :func:`bpfree.rule.rule_key`)."""
+    v = record_variant(rec)
+    return f"{rec.rule}[{v}]" if v else rec.rule

@@ -164,6 +164,21 @@ class LearningRule(nn.Module):
         """The rule's hyperparameters as passed (defaults filled in)."""
         return {k: getattr(self, k) for k in rule_hparams(type(self))}
 
+    def variant(self) -> str:
+        """The options that differ from the defaults, ``"k=v,k2=v2"`` in signature order ("" for
+        the default rule): what tells an ablation's records apart from the default run's."""
+        parts = []
+        for k, p in rule_hparams(type(self)).items():
+            v = getattr(self, k)
+            if p.default is inspect.Parameter.empty or v != p.default:
+                parts.append(f"{k}={v}")
+        return ",".join(parts)
+
+
+def rule_key(name: str, variant: str = "") -> str:
+    """How a run's rule is named in record paths and tables: ``name`` or ``name[variant]``."""
+    return f"{name}[{variant}]" if variant else name
+
 
 RULES: dict[str, type[LearningRule]] = {}
 

@@ -23,7 +23,7 @@ from .meters import (EnergyMeter, FlopMeter, MemoryMeter, Timer, git_info, heap_
 from .models import build_model, count_params
 from .records import (RunRecord, is_done, median_epoch_time, read_record, record_path,
                       write_record)
-from .rule import ConfigError, LearningRule, Task, _suggest, make_rule
+from .rule import ConfigError, LearningRule, Task, _suggest, make_rule, rule_key
 
 __all__ = ["TrainConfig", "Trainer", "train", "DivergedError"]
 
@@ -438,12 +438,15 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
           rule_options: dict[str, Any] | None = None, out: str | Path | None = None,
           suite: str = "adhoc", data_dir: str | Path | None = None, resume: bool = True,
           on_epoch: Callable[[int, float | None], None] | None = None,
-          **train_options: Any) -> RunRecord:
+          variant: str | None = None, **train_options: Any) -> RunRecord:
     """Train one rule and return its record (written to ``out`` if given).
 
     ``data`` is a registered dataset name, a :class:`~bpfree.data.DataBundle`, or ``(x, y)``
     tensors/arrays of any feature and class count. ``train_options`` are :class:`TrainConfig`
-    fields (``epochs``, ``batch_size``, ``lr``, ``seed``, ``patience``...).
+    fields (``epochs``, ``batch_size``, ``lr``, ``seed``, ``patience``...). Rule options that
+    differ from the defaults make a *variant* (``auglocal[n_modules=4]``): its record lives beside
+    the default rule's, so an ablation and its BP twin share one ``out`` directory; ``variant``
+    overrides that label.
     """
     cfg = TrainConfig.from_dict(train_options)
     threads_before = torch.get_num_threads()
@@ -451,7 +454,7 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
         torch.set_num_threads(cfg.threads)
     try:
         return _train(cfg, rule, model, data, rule_options=rule_options, out=out, suite=suite,
-                      data_dir=data_dir, resume=resume, on_epoch=on_epoch)
+                      data_dir=data_dir, resume=resume, on_epoch=on_epoch, variant=variant)
     finally:
         torch.set_num_threads(threads_before)  # a run's thread count must not leak to the caller
 
@@ -459,9 +462,10 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
 def _train(cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module, data: Any, *,
            rule_options: dict[str, Any] | None, out: str | Path | None, suite: str,
            data_dir: str | Path | None, resume: bool,
-           on_epoch: Callable[[int, float | None], None] | None) -> RunRecord:
+           on_epoch: Callable[[int, float | None], None] | None,
+           variant: str | None = None) -> RunRecord:
     run = _Run(cfg, rule, model, data, rule_options=rule_options, out=out, suite=suite,
-               data_dir=data_dir, resume=resume, on_epoch=on_epoch)
+               data_dir=data_dir, resume=resume, on_epoch=on_epoch, variant=variant)
     if run.done is not None:
         return run.done
     try:
@@ -482,15 +486,18 @@ class _Run:
     def __init__(self, cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module,
                  data: Any, *, rule_options: dict[str, Any] | None, out: str | Path | None,
                  suite: str, data_dir: str | Path | None, resume: bool,
-                 on_epoch: Callable[[int, float | None], None] | None = None) -> None:
+                 on_epoch: Callable[[int, float | None], None] | None = None,
+                 variant: str | None = None) -> None:
         self.cfg, self.model, self.on_epoch = cfg, model, on_epoch
         self.bundle = _bundle(data, data_dir)
         self.rule = rule if isinstance(rule, LearningRule) else make_rule(rule, **(rule_options or {}))
         model_name = model if isinstance(model, str) else type(model).__name__
         rec = RunRecord(rule=self.rule.name, dataset=self.bundle.name, model=model_name,
                         seed=cfg.seed, suite=suite)
-        rec.config = {"train": asdict(cfg), "rule": self.rule.hparams(), "model": model_name,
-                      "dataset": self.bundle.name, "data_source": self.bundle.source}
+        self.variant = self.rule.variant() if variant is None else variant
+        rec.config = {"train": asdict(cfg), "rule": self.rule.hparams(), "variant": self.variant,
+                      "model": model_name, "dataset": self.bundle.name,
+                      "data_source": self.bundle.source}
         rec.machine = machine_info()
         g = git_info()
         rec.commit, rec.dirty = g.get("commit"), g.get("dirty")
@@ -499,7 +506,7 @@ class _Run:
         self.trainer: Trainer | None = None
         if out is not None:
             self.path = record_path(out, suite=suite, dataset=self.bundle.name, model=model_name,
-                                    rule=self.rule.name, seed=cfg.seed)
+                                    rule=rule_key(self.rule.name, self.variant), seed=cfg.seed)
             if resume and is_done(self.path):
                 done = read_record(self.path)
                 diff = settings_diff(settings_of(done.config), settings_of(rec.config)) \
@@ -560,14 +567,17 @@ def train_interleaved(runs: list[dict[str, Any]], data: str | "data_mod.DataBund
     try:
         for spec in runs:
             spec = dict(spec)
-            unknown = set(spec) - {"rule", "model", "rule_options"} - {f.name for f in fields(TrainConfig)}
+            unknown = (set(spec) - {"rule", "model", "rule_options", "variant"}
+                       - {f.name for f in fields(TrainConfig)})
             if "rule" not in spec or unknown:
                 raise ConfigError(f"each run needs a 'rule' (and may set model, rule_options or train "
                                   f"options); got {sorted(spec)}" + (f", unknown {sorted(unknown)}" if unknown else ""))
             rule, model = spec.pop("rule"), spec.pop("model", "mlp:1000,1000")
+            variant = spec.pop("variant", None)
             cfg = TrainConfig.from_dict({**train_options, **{k: v for k, v in spec.items() if k != "rule_options"}})
             prepared.append(_Run(cfg, rule, model, data, rule_options=spec.get("rule_options"),
-                                 out=out, suite=suite, data_dir=data_dir, resume=resume))
+                                 out=out, suite=suite, data_dir=data_dir, resume=resume,
+                                 variant=variant))
         if any(r.cfg.threads for r in prepared):
             torch.set_num_threads(next(r.cfg.threads for r in prepared if r.cfg.threads))
         active: list[tuple[_Run, Iterator[int]]] = []

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..records import RunRecord, load_records, record_path, write_record
+from ..records import RunRecord, load_records, record_path, record_rule_key, write_record
 from .report import Row, markdown_table, summarize
 
 __all__ = ["write_report", "render_html", "render_markdown", "provenance"]
@@ -253,14 +253,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 
 
 def _colors(rows: list[Row]) -> dict[str, str]:
-    rules = sorted({r.rule for r in rows if r.rule != "bp"})
+    rules = sorted({r.name for r in rows if r.name != "bp"})
     out = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(rules)}
     out["bp"] = BP_COLOR
     return out
 
 
 def _name(r: Row, many_models: bool) -> str:
-    return f"{r.rule} ({r.model})" if many_models else r.rule
+    return f"{r.name} ({r.model})" if many_models else r.name
 
 
 def fig_tradeoff(ds: str, rows: list[Row], cost: str, xlabel: str, scale: float, prov: dict,
@@ -280,13 +280,13 @@ def fig_tradeoff(ds: str, rows: list[Row], cost: str, xlabel: str, scale: float,
     p.add_legend("#999", "Pareto front", "dash")
     on_front = set(front)
     for r, x in pts:
-        c = colors.get(r.rule, "#000")
+        c = colors.get(r.name, "#000")
         y = 100 * r.test_acc_mean
         p.point(x, y, c, f"{_name(r, True)}: {y:.2f} ± {100 * (r.test_acc_std or 0):.2f} % "
                 f"at {x:.3g} ({r.n_ok} seeds){' · Pareto-optimal' if (x, y) in on_front else ''}",
                 yerr=100 * (r.test_acc_std or 0) or None, label=_name(r, many),
                 hollow=(x, y) not in on_front)
-        p.add_legend(c, r.rule)
+        p.add_legend(c, r.name)
     return p.svg(_footer(prov), fig_id)
 
 
@@ -295,7 +295,7 @@ def fig_curves(ds: str, records: list[RunRecord], prov: dict, colors: dict[str, 
     groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
         if r.dataset == ds and r.curve:
-            groups[(r.rule, r.model)].append(r)
+            groups[(record_rule_key(r), r.model)].append(r)
     if not groups:
         return None
     xs = [c["epoch"] for rs in groups.values() for r in rs for c in r.curve]
@@ -329,7 +329,7 @@ RATIO_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#8172b3")
 
 
 def fig_ratios(ds: str, rows: list[Row], prov: dict, fig_id: str) -> str | None:
-    rs = [r for r in rows if r.rule != "bp" and any(getattr(r, k) for k, _ in RATIOS)]
+    rs = [r for r in rows if r.name != "bp" and any(getattr(r, k) for k, _ in RATIOS)]
     if not rs:
         return None
     vals = [getattr(r, k) for r in rs for k, _ in RATIOS if getattr(r, k)]
@@ -472,7 +472,7 @@ def gather(dir: str | Path, storage: str, suite: str) -> int:
     try:
         for rec in q.records():
             p = record_path(dir, suite=rec.suite, dataset=rec.dataset, model=rec.model,
-                            rule=rec.rule, seed=rec.seed)
+                            rule=record_rule_key(rec), seed=rec.seed)
             if not p.exists():
                 write_record(rec, p)
                 n += 1

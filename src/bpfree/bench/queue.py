@@ -41,7 +41,7 @@ def worker_id() -> str:
 
 def run_key(suite: str, spec: Any) -> str:
     """Stable text identity of a run: ``suite/dataset/model/rule/seedN``."""
-    return f"{suite}/{spec.dataset}/{spec.model}/{spec.rule}/seed{spec.seed}"
+    return f"{suite}/{spec.dataset}/{spec.model}/{getattr(spec, 'rule_key', spec.rule)}/seed{spec.seed}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,7 +119,7 @@ class FileQueue:
 
     def path(self, spec: Any) -> Path:
         return record_path(self.out, suite=self.suite, dataset=spec.dataset, model=spec.model,
-                           rule=spec.rule, seed=spec.seed)
+                           rule=spec.rule_key, seed=spec.seed)
 
     def is_done(self, spec: Any) -> bool:
         return is_done(self.path(spec), retry_failed=self.retry_failed)
@@ -307,7 +307,7 @@ class SqlQueue:
         if self.out is None:
             return None
         return record_path(self.out, suite=self.suite, dataset=spec.dataset, model=spec.model,
-                           rule=spec.rule, seed=spec.seed)
+                           rule=spec.rule_key, seed=spec.seed)
 
     def done_keys(self, specs: list[Any]) -> set[str]:
         done = set()

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from ..records import RunRecord
+from ..records import RunRecord, record_variant
 
 OK_STATUSES = ("ok", "early-stopped")
 
@@ -49,6 +49,12 @@ class Row:
     energy_total_j: float | None = None  # median total training energy
     errors: list[str] = field(default_factory=list)
     mem_untrimmed: bool = False  # CPU memory measured without releasing freed heap first (may read low)
+    variant: str = ""  # the rule options that differ from its defaults ("" for the default rule)
+
+    @property
+    def name(self) -> str:
+        """``rule`` or ``rule[variant]``: how tables name this row."""
+        return f"{self.rule}[{self.variant}]" if self.variant else self.rule
 
     @property
     def energy_estimated(self) -> bool:
@@ -97,15 +103,17 @@ def _cost(rs: list[RunRecord]) -> dict[str, float | None]:
 
 
 def summarize(records: Iterable[RunRecord]) -> list[Row]:
-    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    """One row per (dataset, model, rule, variant); ratios are to the default bp on the same
+    dataset and model (the BP twin)."""
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
     for r in records:
-        groups[(r.dataset, r.model, r.rule)].append(r)
+        groups[(r.dataset, r.model, r.rule, record_variant(r))].append(r)
     base_records = {(ds, model): [r for r in rs if r.status in OK_STATUSES]
-                    for (ds, model, rule), rs in groups.items() if rule == "bp"}
+                    for (ds, model, rule, var), rs in groups.items() if rule == "bp" and not var}
     base = {k: _cost(rs) for k, rs in base_records.items()}
     rows = []
-    for (ds, model, rule), rs in sorted(groups.items(),
-                                        key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "bp", kv[0][2])):
+    for (ds, model, rule, var), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "bp", kv[0][2:])):
         ok = [r for r in rs if r.status in OK_STATUSES and r.test_acc is not None]
         mean, std = _mean_std([r.test_acc for r in ok])
         c, b = _cost(ok), base.get((ds, model), {})
@@ -127,6 +135,7 @@ def summarize(records: Iterable[RunRecord]) -> list[Row]:
                            if r.status in ("failed", "diverged") and r.error}),
             mem_untrimmed=any(_mem_untrimmed(r) for r in ok)
             or any(_mem_untrimmed(r) for r in base_records.get((ds, model), [])),
+            variant=var,
         ))
     return rows
 
@@ -170,7 +179,7 @@ def markdown_table(rows: list[Row]) -> str:
         acc = "–" if r.test_acc_mean is None else (
             f"{100 * r.test_acc_mean:.2f} ± {100 * (r.test_acc_std or 0):.2f}")
         lines.append(
-            f"| {r.dataset} | {r.model} | {r.rule} | {acc} | {r.n_ok}/{r.n} | "
+            f"| {r.dataset} | {r.model} | {r.name} | {acc} | {r.n_ok}/{r.n} | "
             f"{_fmt(r.epoch_time_s, '.2f')} | {_fmt(r.time_ratio, '.2f')} | "
             f"{_fmt(None if r.peak_mem_bytes is None else r.peak_mem_bytes / 2**20, '.0f')}"
             f"{dag if r.peak_mem_bytes is not None else ''} | "
@@ -185,7 +194,7 @@ def markdown_table(rows: list[Row]) -> str:
                      "(`malloc_trim`) at each baseline: a run that followed another in the same "
                      "process could reuse its freed heap unseen, so these values may read low (even "
                      "0) and their ratios are not reliable; re-run to measure them.")
-    bad = [f"{r.rule} on {r.dataset} ({r.model}): {r.statuses} — {'; '.join(r.errors)}"
+    bad = [f"{r.name} on {r.dataset} ({r.model}): {r.statuses} — {'; '.join(r.errors)}"
            for r in rows if r.errors]
     if bad:
         notes.append("Runs that did not finish normally: " + " | ".join(bad))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..meters import git_info, machine_info
-from ..records import RunRecord, read_record, write_record
+from ..records import RunRecord, read_record, record_rule_key, write_record
 from ..train import _bar, train
 from .queue import FileQueue, SqlQueue, make_queue, run_key
 from .suite import RunSpec, Suite
@@ -37,8 +37,8 @@ def _say(bar: Any, msg: str) -> None:
 def _failed_record(suite: Suite, spec: RunSpec, exc: BaseException) -> RunRecord:
     rec = RunRecord(rule=spec.rule, dataset=spec.dataset, model=spec.model, seed=spec.seed,
                     suite=suite.name, status="failed", error=f"{type(exc).__name__}: {exc}")
-    rec.config = {"train": dict(spec.train), "rule": dict(spec.options), "model": spec.model,
-                  "dataset": spec.dataset}
+    rec.config = {"train": dict(spec.train), "rule": dict(spec.options), "variant": spec.variant,
+                  "model": spec.model, "dataset": spec.dataset}
     rec.machine = machine_info()
     g = git_info()
     rec.commit, rec.dirty = g.get("commit"), g.get("dirty")
@@ -81,6 +81,7 @@ def _run_one(suite: Suite, spec: RunSpec, out: Path, claim: Any, queue: FileQueu
     try:
         try:
             rec = train(rule=spec.rule, model=spec.model, data=spec.dataset, rule_options=options,
+                        variant=spec.variant,  # tuned options don't change which run this is
                         out=out, suite=suite.name, data_dir=data_dir, on_epoch=on_epoch,
                         resume=False,  # the queue decided this run is due (e.g. --retry-failed);
                         **train_opts)  # its per-epoch checkpoint is still resumed
@@ -162,7 +163,7 @@ def collect(suite: Suite, out: str | Path, queue: FileQueue | SqlQueue | None = 
     by_key: dict[str, RunRecord] = {}
     if queue is not None:
         for r in queue.records():
-            by_key[f"{r.suite}/{r.dataset}/{r.model}/{r.rule}/seed{r.seed}"] = r
+            by_key[f"{r.suite}/{r.dataset}/{r.model}/{record_rule_key(r)}/seed{r.seed}"] = r
     local = FileQueue(out, suite.name)
     recs = []
     for s in suite.runs:
@@ -292,7 +293,8 @@ def run_interleaved(suite: Suite, out: str | Path, *, data_dir: str | Path | Non
                                                    use_tuned=use_tuned, device=device,
                                                    progress=progress)
             train_opts["seed"] = seed
-            runs.append({"rule": spec.rule, "model": spec.model, "rule_options": options, **train_opts})
+            runs.append({"rule": spec.rule, "model": spec.model, "rule_options": options,
+                         "variant": spec.variant, **train_opts})
         group = train_interleaved(runs, data=dataset, out=out, suite=suite.name, data_dir=data_dir)
         for rec in group:
             if on_record is not None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..rule import RULES, ConfigError, _suggest, make_rule
+from ..rule import RULES, ConfigError, _suggest, make_rule, rule_key
 from ..train import TrainConfig
 
 SUITE_DIR = Path(__file__).parent / "suites"
@@ -47,19 +47,27 @@ class RunSpec:
     seed: int
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    #: the options that differ from the rule's defaults ("" for the default rule), see
+    #: LearningRule.variant: a suite may run several variants of one rule side by side
+    variant: str = ""
+
+    @property
+    def rule_key(self) -> str:
+        """``rule`` or ``rule[variant]``: the rule's name in record paths and tables."""
+        return rule_key(self.rule, self.variant)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
-        return (self.dataset, self.model, self.rule, self.seed)
+        return (self.dataset, self.model, self.rule_key, self.seed)
 
     @property
     def group(self) -> tuple[str, str, str]:
-        """What tuning shares across seeds: (dataset, model, rule)."""
-        return (self.dataset, self.model, self.rule)
+        """What tuning shares across seeds: (dataset, model, rule[variant])."""
+        return (self.dataset, self.model, self.rule_key)
 
     @property
     def label(self) -> str:
-        return f"{self.rule} {self.model} {self.dataset} seed {self.seed}"
+        return f"{self.rule_key} {self.model} {self.dataset} seed {self.seed}"
 
 
 @dataclass
@@ -209,13 +217,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
         model = e.get("model") or RULES[e["rule"]].native_model
         parse_spec(model)  # unknown model family: an error now, not after hours of other runs
         options = dict(e.get("options", {}))
-        make_rule(e["rule"], **options)  # unknown/mistyped rule options: an error now
+        variant = make_rule(e["rule"], **options).variant()  # mistyped rule options: an error now
         train = {**base_train, **e.get("train", {})}
         TrainConfig.from_dict(train)
         for ds in e.get("datasets", datasets):
             for seed in seeds:
                 runs.append(RunSpec(e["rule"], model, ds, int(seed), options,
-                                    {**train, "seed": int(seed)}))
+                                    {**train, "seed": int(seed)}, variant))
     keys = [r.key for r in runs]
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:

@@ -43,12 +43,12 @@ def default_storage(out: str | Path) -> str:
 
 
 def study_name(suite: str, spec: RunSpec) -> str:
-    return f"{suite}/{spec.dataset}/{spec.model}/{spec.rule}"
+    return f"{suite}/{spec.dataset}/{spec.model}/{spec.rule_key}"
 
 
 def tuned_path(out: str | Path, suite: str, spec: RunSpec) -> Path:
-    return record_path(out, suite=suite, dataset=spec.dataset, model=spec.model, rule=spec.rule,
-                       seed=0).parent / TUNED_FILE
+    return record_path(out, suite=suite, dataset=spec.dataset, model=spec.model,
+                       rule=spec.rule_key, seed=0).parent / TUNED_FILE
 
 
 def split_params(rule: str, params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
