@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=0.1)
     ap.add_argument("--lr-schedule", default=None,
                     help="constant | cosine | linear-cooldown (default: the config's, else constant)")
+    ap.add_argument("--rules", default="bp,noprop", help="which of the pair to train, in order")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--step-repeats", type=int, default=5, help="paired step timing (0: skip)")
@@ -74,7 +75,8 @@ def main() -> None:
                   measure_flops=False, energy=False, out=args.out, suite="noprop")
     mem = {}
     for data in args.data.split(","):
-        for rule, opts in (("bp", {}), ("noprop", {"eta": args.eta})):
+        for rule in args.rules.split(","):
+            opts = {"eta": args.eta} if rule == "noprop" else {}
             rec = train(rule=rule, data=data, rule_options=opts, **common)
             mem[(data, rule)] = (rec.extra or {}).get("mem_delta_bytes")
             curve = [round(c["val_acc"], 4) for c in rec.curve if c["val_acc"] is not None]
