@@ -7,6 +7,9 @@ backward that are alive at once in one step (``saved_peak_bytes``). Prints a tab
 ``results/memory_vs_depth/memory_vs_depth.json`` and, if matplotlib is installed, a PNG.
 
     PYTHONPATH=src BPFREE_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/memory_vs_depth.py
+    # rule variants too (their rows are named rule[k=v])
+    ... --depths 8 --width 8 --batch-size 128 --variant 'auglocal aux_depth=5' \
+        --variant 'auglocal n_modules=4' --out benchmarks/records/memory_variants
 
 glibc keeps freed heap pages and moves its mmap threshold up, which makes RSS lag behind what
 is live; the script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` so large tensors are
@@ -31,16 +34,20 @@ import torch  # noqa: E402
 from bpfree import Task, make_rule, train  # noqa: E402
 from bpfree.data import load_dataset  # noqa: E402
 from bpfree.meters import git_info, machine_info  # noqa: E402
+from bpfree.cli import _parse_sets  # noqa: E402
 from bpfree.models import build_model  # noqa: E402
+from bpfree.rule import rule_key  # noqa: E402
 
 RULES = ["bp", "dgl", "auglocal", "man"]
 
 
-def saved_peak_bytes(rule_name: str, spec: str, x: torch.Tensor, y: torch.Tensor) -> int:
+def saved_peak_bytes(rule_name: str, spec: str, x: torch.Tensor, y: torch.Tensor,
+                     options: dict | None = None) -> int:
     """Peak bytes of autograd-saved tensors alive at once during one training step."""
     task = Task(tuple(x.shape[1:]), 10)
     torch.manual_seed(0)
-    rule = make_rule(rule_name).bind(build_model(spec, task), task, torch.Generator().manual_seed(0))
+    rule = make_rule(rule_name, **(options or {})).bind(build_model(spec, task), task,
+                                                        torch.Generator().manual_seed(0))
     state = {"live": 0, "peak": 0}
 
     class Box:
@@ -63,8 +70,15 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--variant", action="append", default=[], metavar="'RULE K=V ...'",
+                    help="also measure a rule variant, e.g. --variant 'auglocal aux_depth=5' "
+                         "(repeatable)")
     ap.add_argument("--out", default="results/memory_vs_depth")
     args = ap.parse_args()
+    runs = [(r, {}) for r in RULES]
+    for v in args.variant:
+        name, *pairs = v.split()
+        runs.append((name, _parse_sets(pairs)))
     torch.set_num_threads(1)
     full = load_dataset("fashion-mnist")
     n = args.batch_size * args.steps
@@ -76,14 +90,16 @@ def main() -> None:
     rows = []
     for depth in [int(d) for d in args.depths.split(",")]:
         spec = f"resnet:{depth},width={args.width}"
-        for rule in RULES:  # interleaved per depth
-            rec = train(rule=rule, model=spec, data=sub, epochs=1, batch_size=args.batch_size,
-                        val_fraction=0.0, threads=1, progress=False, measure_flops=False,
-                        energy=False)
-            rows.append({"depth": depth, "rule": rule, "model": spec, "status": rec.status,
+        for rule, opts in runs:  # interleaved per depth
+            rec = train(rule=rule, rule_options=opts, model=spec, data=sub, epochs=1,
+                        batch_size=args.batch_size, val_fraction=0.0, threads=1, progress=False,
+                        measure_flops=False, energy=False)
+            label = rule_key(rule, make_rule(rule, **opts).variant())
+            rows.append({"depth": depth, "rule": label, "model": spec, "status": rec.status,
                          "mem_delta_bytes": (rec.extra or {}).get("mem_delta_bytes"),
                          "peak_mem_bytes": rec.peak_mem_bytes, "mem_method": rec.mem_method,
-                         "saved_peak_bytes": saved_peak_bytes(rule, spec, xb, yb)})
+                         "saved_peak_bytes": saved_peak_bytes(rule, spec, xb, yb, opts)})
+            rule = label
             print(f"depth {depth:3d} {rule:9s} rss_delta {rows[-1]['mem_delta_bytes'] / 2**20:8.1f} MiB"
                   f"  saved {rows[-1]['saved_peak_bytes'] / 2**20:8.1f} MiB", flush=True)
     bp = {r["depth"]: r for r in rows if r["rule"] == "bp"}
@@ -113,7 +129,7 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, title in ((axes[0], "mem_delta_bytes", "peak RSS above baseline"),
                            (axes[1], "saved_peak_bytes", "peak saved activations")):
-        for rule in RULES:
+        for rule in dict.fromkeys(r["rule"] for r in rows):
             rs = [r for r in rows if r["rule"] == rule]
             ax.plot([r["depth"] for r in rs], [r[key] / 2**20 for r in rs], marker="o", label=rule)
         ax.set_xlabel("residual blocks")
