@@ -8,8 +8,11 @@ memory being ``extra["mem_delta_bytes"]``: peak RSS above the pre-training basel
         --model resnet:8,width=8 --epochs 3 --train-subset 20000
     # accuracy at convergence: a cosine schedule to 0 so that every rule ends on a settled model
     ... --epochs 6 --train-subset 20000 --lr-schedule cosine --rules bp,dgl   # and auglocal,man
-    # a rule option (records are keyed by rule name, so give each variant its own --out)
-    ... --rules auglocal --set aux_depth=5 --out results/auxnet-d5
+    # rule variants: options off the defaults get their own rows (auglocal[aux_depth=5]) beside
+    # the same BP twin; benchmarks/records/auxnet_full_k4 came from (full data, 6 epochs, cosine):
+    ... --epochs 6 --lr-schedule cosine --rules bp --out benchmarks/records/auxnet_full_k4
+    ... --epochs 6 --lr-schedule cosine --rules auglocal --set aux_depth=5 --out (same)
+    ... --epochs 6 --lr-schedule cosine --rules auglocal,dgl,man --set n_modules=4 --out (same)
 
 ``--train-subset N`` trains on the first N training images (the full test set is always used) so
 that a deep CNN fits a CPU budget; say so when quoting numbers. FLOP counting is off: it runs a
