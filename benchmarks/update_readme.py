@@ -261,7 +261,7 @@ def overview() -> str:
         anchor = "–"
         if "anchor" in a:
             anchor = f"{a['anchor']:g}" + (f" ({a['anchor_bp']:g})" if "anchor_bp" in a else "")
-        c = cost.get(rule)
+        c = cost.get(r.name)  # measured for the default rule: a variant has no paired timing
         std = f" ± {100 * r.test_acc_std:.2f}" if n_ok > 1 else ""
         lines.append(
             f"| `{r.name}` | {r.dataset} | {100 * acc:.2f}{std} | {n_ok} | {_num(r.epochs)} | `{r.model}` | "
