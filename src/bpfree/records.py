@@ -311,18 +311,17 @@ def record_variant(rec: RunRecord) -> str:
     config = rec.config or {}
     if "variant" in config:
         return str(config["variant"] or "")
-    from .rule import RULES, rule_hparams
+    from .rule import RULES, variant_of
     from . import rules as _  # noqa: F401  (populate the registry)
 
     cls, opts = RULES.get(rec.rule), config.get("rule") or {}
     if cls is None or not isinstance(opts, dict):
         return ""
-    params = rule_hparams(cls)
-    return ",".join(f"{k}={v}" for k, v in opts.items()
-                    if k in params and v != params[k].default)
+    return variant_of(cls, opts)
 
 
 def record_rule_key(rec: RunRecord) -> str:
     """``rule`` or ``rule[variant]``, as in the record's path (see :func:`bpfree.rule.rule_key`)."""
-    v = record_variant(rec)
-    return f"{rec.rule}[{v}]" if v else rec.rule
+    from .rule import rule_key
+
+    return rule_key(rec.rule, record_variant(rec))

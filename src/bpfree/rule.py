@@ -167,12 +167,14 @@ class LearningRule(nn.Module):
     def variant(self) -> str:
         """The options that differ from the defaults, ``"k=v,k2=v2"`` in signature order ("" for
         the default rule): what tells an ablation's records apart from the default run's."""
-        parts = []
-        for k, p in rule_hparams(type(self)).items():
-            v = getattr(self, k)
-            if p.default is inspect.Parameter.empty or v != p.default:
-                parts.append(f"{k}={v}")
-        return ",".join(parts)
+        return variant_of(type(self), self.hparams())
+
+
+def variant_of(cls: type[LearningRule], options: dict[str, Any]) -> str:
+    """``"k=v,..."`` for the ``options`` of rule class ``cls`` that differ from its defaults."""
+    params = rule_hparams(cls)
+    return ",".join(f"{k}={v}" for k, v in options.items() if k in params and (
+        params[k].default is inspect.Parameter.empty or v != params[k].default))
 
 
 def rule_key(name: str, variant: str = "") -> str:

@@ -515,14 +515,15 @@ class _Run:
                     raise ConfigError(
                         f"{self.path} already holds a finished run of {rec.rule} with other "
                         f"settings ({'; '.join(diff)}); records are keyed by suite, dataset, "
-                        f"model, rule and seed. Write this run elsewhere (another out directory "
+                        f"model, rule[variant] and seed. Write this run elsewhere (another out directory "
                         f"or suite name), or pass resume=False (`bpfree train --overwrite`) to overwrite that record")
                 self.done = done
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.ckpt = self.path.with_suffix(".ckpt")
             if self.ckpt.exists():  # refuse now, before a failed record could replace it
-                blob = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+                # mmap: only the small "settings" entry is read, not the weights (loaded later)
+                blob = torch.load(self.ckpt, map_location="cpu", weights_only=False, mmap=True)
                 _check_ckpt_settings(self.ckpt, blob, rec.config)
         self.t0 = time.time()
 
