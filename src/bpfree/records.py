@@ -307,17 +307,20 @@ def is_done(path: str | os.PathLike[str], *, retry_failed: bool = False) -> bool
 def record_variant(rec: RunRecord) -> str:
     """The rule options of ``rec`` that differ from the defaults ("" for the default rule): the
     record's own ``config["variant"]``, or, for records written before variants were recorded,
-    the difference between ``config["rule"]`` and the rule's current defaults."""
+    the difference between ``config["rule"]`` and the rule's current defaults. An option the
+    rule added later (``legacy_options``) and the record lacks counts with its old value."""
     config = rec.config or {}
-    if "variant" in config:
-        return str(config["variant"] or "")
     from .rule import RULES, variant_of
     from . import rules as _  # noqa: F401  (populate the registry)
 
     cls, opts = RULES.get(rec.rule), config.get("rule") or {}
+    legacy = {} if cls is None or not isinstance(opts, dict) else {
+        k: v for k, v in cls.legacy_options.items() if k not in opts}
+    if "variant" in config and not legacy:
+        return str(config["variant"] or "")
     if cls is None or not isinstance(opts, dict):
         return ""
-    return variant_of(cls, opts)
+    return variant_of(cls, {**opts, **legacy})
 
 
 def record_rule_key(rec: RunRecord) -> str:

@@ -74,6 +74,9 @@ class LearningRule(nn.Module):
     recommended_train: ClassVar[dict[str, Any]] = {}
     #: Optuna search space: name -> ("log"|"float"|"int"|"cat", low, high) or ("cat", [choices])
     search_space: ClassVar[dict[str, tuple]] = {}
+    #: options added after records were made, with the value those older records ran with (a
+    #: record whose config lacks the option is named and compared as that variant)
+    legacy_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self) -> None:
         super().__init__()

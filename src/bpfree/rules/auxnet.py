@@ -27,10 +27,17 @@ applies every module's gradient). The three rules differ only in ``a_k``:
   i = 1..d_k, where j is module k's last layer and L the number of layers (so the last one is
   always the primary network's last block; with one block per module j = k and L = K).
 - **man** (Su et al., ECCV 2024, https://arxiv.org/abs/2407.05623): ``a_k`` starts with a
-  momentum copy of the *next* module, ``θ̃_{k+1} ← m·θ̃_{k+1} + (1-m)·θ_{k+1}`` after every step
-  (not trained by gradient; the gradient only flows *through* it into module k), plus a
-  learnable per-channel bias ``b_k`` on its output ("learnable bias", closing the feature gap
-  between the EMA block and module k's features), followed by the DGL auxiliary head.
+  momentum copy of the *next* block, ``θ̃_{k+1} ← m·θ̃_{k+1} + (1-m)·θ_{k+1}`` after every step
+  (not trained by gradient; the gradient only flows *through* it into module k), corrected by a
+  "learnable bias" that closes the feature gap between the EMA copy and module k's features,
+  followed by the DGL auxiliary head (the DGL+MAN pairing; the paper's CIFAR runs pair MAN with
+  InfoPro's reconstruction + CE loss instead). Both follow the authors' code
+  (``resnetInfoPro_MAN.py``): ``y = LB(x) + EMA(x)`` where EMA copies the block right after
+  module k and LB is a freshly initialised, trainable block of the same architecture
+  (``bias="block"``, ``ema="block"``). ``bias="channel"`` (one learnable value per channel added
+  to the EMA copy's output) and ``ema="module"`` (copy the whole next module when modules group
+  several blocks) are bpfree's earlier reading of the paper's text; records made before these
+  options existed ran them and are named so (``man[bias=channel,ema=module]``).
 
 Memory: module k's backward runs right after its forward and its graph is freed before module
 k+1 runs, so the peak holds one module's (+ its auxiliary net's) activations instead of the whole
@@ -39,7 +46,8 @@ network's, which is where the 40-45 % GPU-memory savings reported by AugLocal/MA
 Defaults: Adam via the Trainer (papers: SGD + momentum, cosine schedule, 400 CIFAR epochs). DGL's
 auxiliary MLP depth 3 and 2x2 pooling follow the DGL paper's CIFAR setup; AugLocal's d = 3 and
 d_min = 1 are scaled down from the paper's deeper auxiliary nets on ResNet-32/110 (it studies
-d = 2..6); MAN's m = 0.995 is [unverified] against the paper's text.
+d = 2..6); MAN's m = 0.995 is the authors' released setting (``--momentum 0.995`` in their
+README, CIFAR and ImageNet).
 """
 
 from __future__ import annotations
@@ -174,16 +182,21 @@ class DGL(_AuxLocal):
         return dgl_head(shapes[self.bounds[k][1] - 1], task.num_classes, self.aux_convs, self.aux_mlp)
 
 
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with freshly initialised weights (same types and shapes)."""
+    m = copy.deepcopy(module)
+    for sub in m.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return m
+
+
 def _mirror(block: nn.Module, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> nn.Module:
     """A freshly initialised layer of ``block``'s type and output shape, fed ``in_shape``."""
     if isinstance(block, BasicBlock):
         stride = 2 if len(out_shape) == 3 and out_shape[1] < in_shape[1] else 1
         return BasicBlock(in_shape[0], out_shape[0], stride)
-    m = copy.deepcopy(block)  # generic block: same type; re-initialise its weights
-    for sub in m.modules():
-        if hasattr(sub, "reset_parameters"):
-            sub.reset_parameters()
-    return m
+    return _fresh_copy(block)  # generic block: same type, fresh weights
 
 
 @register
@@ -228,10 +241,7 @@ class AugLocal(_AuxLocal):
         for j in self.selected(k, len(self.bounds), len(blocks), last):
             mods.append(_mirror(blocks[j], cur, shapes[j]))
             cur = shapes[j]
-        head = copy.deepcopy(self.blocks[-1])  # the classifier's type, fresh weights
-        for sub in head.modules():
-            if hasattr(sub, "reset_parameters"):
-                sub.reset_parameters()
+        head = _fresh_copy(self.blocks[-1])  # the classifier's type, fresh weights
         aux = nn.Sequential(*mods, head)
         with torch.no_grad():  # fail at bind time, with a clear message, if shapes do not chain
             try:
@@ -242,15 +252,25 @@ class AugLocal(_AuxLocal):
         return aux.train()
 
 
-class _BiasAdd(nn.Module):
-    """MAN's learnable bias: ``z + b`` with one value per channel, b initialised to 0."""
+class _MomentumInput(nn.Module):
+    """MAN's auxiliary input: the momentum copy θ̃_{k+1} of the next module applied to module k's
+    output, plus the learnable bias: ``θ̃(x) + LB(x)`` (LB a trainable module of the same
+    architecture, ``bias="block"``) or ``θ̃(x) + b`` (one value per channel, ``bias="channel"``)."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
+    def __init__(self, ema: nn.Module, bias: str, out_shape: tuple[int, ...]) -> None:
         super().__init__()
-        self.b = nn.Parameter(torch.zeros(shape[0], *([1] * (len(shape) - 1))))
+        self.ema = ema
+        self.bias = bias
+        if bias == "block":
+            self.lb = _fresh_copy(ema)
+            for p in self.lb.parameters():
+                p.requires_grad_(True)
+        else:
+            self.b = nn.Parameter(torch.zeros(out_shape[0], *([1] * (len(out_shape) - 1))))
 
-    def forward(self, z: Tensor) -> Tensor:
-        return z + self.b
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.ema(x)
+        return z + self.lb(x) if self.bias == "block" else z + self.b
 
 
 @register
@@ -260,19 +280,34 @@ class MAN(_AuxLocal):
     name = "man"
     paper = "https://arxiv.org/abs/2407.05623"
 
+    #: records made before these options existed ran a per-channel bias and, with grouped
+    #: modules, an EMA copy of the whole next module
+    legacy_options = {"bias": "channel", "ema": "module"}
+
     def __init__(self, momentum: float = 0.995, aux_convs: int = 1, aux_mlp: int = 3,
-                 n_modules: int = 0) -> None:
+                 n_modules: int = 0, bias: str = "block", ema: str = "block") -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if aux_convs < 0 or aux_mlp < 1:
             raise ValueError(f"need aux_convs >= 0 and aux_mlp >= 1, got {aux_convs}, {aux_mlp}")
+        if bias not in ("block", "channel"):
+            raise ValueError(f"bias must be 'block' (a learnable copy of the next block, the "
+                             f"authors' code) or 'channel' (one learnable value per channel), "
+                             f"got {bias!r}")
+        if ema not in ("block", "module"):
+            raise ValueError(f"ema must be 'block' (copy the block after the module, the authors' "
+                             f"code) or 'module' (copy the whole next module), got {ema!r}")
         self.momentum, self.aux_convs, self.aux_mlp = momentum, aux_convs, aux_mlp
+        self.bias, self.ema = bias, ema
         self._check_modules(n_modules)
 
     def _next_module(self, k: int) -> list[nn.Module]:
+        """The blocks module k's momentum copy follows: the first block after module k (the
+        authors' ``EMA_Net[i]`` = the layer after local module i), or with ``ema="module"`` the
+        whole next module; the same thing when every module is one block."""
         start, end = self.bounds[k + 1]
-        return list(self.blocks[start:end])
+        return list(self.blocks[start:start + 1 if self.ema == "block" else end])
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
         nxt = self._next_module(k)
@@ -280,8 +315,8 @@ class MAN(_AuxLocal):
         ema = copy.deepcopy(nxt[0] if len(nxt) == 1 else nn.Sequential(*nxt))
         for p in ema.parameters():
             p.requires_grad_(False)  # updated by EMA only; gradients pass *through* it
-        out_shape = shapes[self.bounds[k + 1][1] - 1]
-        return nn.Sequential(ema, _BiasAdd(out_shape),
+        out_shape = shapes[self.bounds[k + 1][0] + len(nxt) - 1]
+        return nn.Sequential(_MomentumInput(ema, self.bias, out_shape),
                              dgl_head(out_shape, task.num_classes, self.aux_convs, self.aux_mlp))
 
     @torch.no_grad()
@@ -289,5 +324,5 @@ class MAN(_AuxLocal):
         m = self.momentum
         for k, aux in enumerate(self.aux):
             src = [p for b in self._next_module(k) for p in b.parameters()]
-            for p, q in zip(aux[0].parameters(), src, strict=True):  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
+            for p, q in zip(aux[0].ema.parameters(), src, strict=True):  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
                 p.lerp_(q, 1.0 - m)
