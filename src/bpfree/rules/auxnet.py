@@ -253,7 +253,7 @@ class AugLocal(_AuxLocal):
 
 
 class _MomentumInput(nn.Module):
-    """MAN's auxiliary input: the momentum copy θ̃_{k+1} of the next module applied to module k's
+    """MAN's auxiliary input: the momentum copy θ̃_{k+1} of the next block applied to module k's
     output, plus the learnable bias: ``θ̃(x) + LB(x)`` (LB a trainable module of the same
     architecture, ``bias="block"``) or ``θ̃(x) + b`` (one value per channel, ``bias="channel"``)."""
 
