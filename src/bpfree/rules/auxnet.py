@@ -321,8 +321,18 @@ class MAN(_AuxLocal):
 
     @torch.no_grad()
     def _after_step(self) -> None:
-        m = self.momentum
-        for k, aux in enumerate(self.aux):
-            src = [p for b in self._next_module(k) for p in b.parameters()]
-            for p, q in zip(aux[0].ema.parameters(), src, strict=True):  # θ̃ ← m θ̃ + (1-m) θ (MAN §3)
-                p.lerp_(q, 1.0 - m)
+        # θ̃ ← m θ̃ + (1-m) θ (MAN §3), every module's copy in one fused call
+        torch._foreach_lerp_(self._ema_dst, self._ema_src, 1.0 - self.momentum)
+
+    def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
+        super()._bind(model, task, generator)
+        dst, src = [], []
+        for k, aux in enumerate(self.aux):  # pair each copy's tensors with the ones it follows
+            ema = list(aux[0].ema.parameters())
+            nxt = [p for b in self._next_module(k) for p in b.parameters()]
+            if len(ema) != len(nxt):
+                raise RuntimeError(f"man: module {k}'s momentum copy has {len(ema)} tensors, "
+                                   f"the blocks it follows {len(nxt)}")
+            dst += ema
+            src += nxt
+        self._ema_dst, self._ema_src = dst, src
