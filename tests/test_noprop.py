@@ -15,11 +15,11 @@ from bpfree.rule import ConfigError
 SMALL = "noprop:8,T=3,width=16,dropout=0"
 
 
-def _bound(name: str = "noprop", spec: str = SMALL, seed: int = 0):
+def _bound(name: str = "noprop", spec: str = SMALL, seed: int = 0, **options):
     task = Task((1, 8, 8), 10)
     torch.manual_seed(seed)
     model = build_model(spec, task)
-    return make_rule(name).bind(model, task, torch.Generator().manual_seed(seed))
+    return make_rule(name, **options).bind(model, task, torch.Generator().manual_seed(seed))
 
 
 def _xy(n: int = 16):
@@ -60,6 +60,55 @@ def test_blocks_learn_in_isolation() -> None:
         if k.startswith("head.W_embed"):
             continue  # the shared embedding sums every block's term (paper Algorithm 1)
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["noprop", "noprop-ct"])
+def test_embed_update_head_trains_w_embed_by_the_output_unit_alone(name: str) -> None:
+    """``embed_update="head"``: W_Embed's gradient is exactly that of CE + KL (autograd on the
+    output-unit loss alone, same noise), and every other gradient is the same as with "all"."""
+    x, y = _xy()
+    spec = SMALL if name == "noprop" else "noprop:8,kind=ct,T=3,width=16,dropout=0"
+    grads = {}
+    for mode in ("all", "head"):
+        rule = _bound(name, spec, embed_update=mode)
+        rule.step(x, y)
+        grads[mode] = {n: p.grad.clone() for n, p in rule.net.named_parameters()}
+    oracle = _bound(name, spec, embed_update="head")
+    oracle.train()
+    n_blocks = len(oracle.net.denoisers)
+    for _ in range(n_blocks):  # draw what the step draws before the head's noise
+        if name == "noprop-ct":
+            torch.rand(len(y), generator=oracle._device_generator(x.device))  # t
+        oracle.randn(len(y), 10)
+    ce, kl = oracle._output_unit_loss(y)
+    (w_grad,) = torch.autograd.grad(ce + kl, oracle.net.head.W_embed)
+    torch.testing.assert_close(grads["head"]["head.W_embed"], w_grad)
+    assert not torch.allclose(grads["all"]["head.W_embed"], w_grad)
+    for k in grads["all"]:
+        if k != "head.W_embed":
+            torch.testing.assert_close(grads["head"][k], grads["all"][k], rtol=0, atol=0)
+
+
+def test_embed_update_head_leaves_blocks_nothing_in_common() -> None:
+    """With "head", perturbing block 0 changes no other gradient at all, W_Embed's included."""
+    x, y = _xy()
+    grads = []
+    for perturb in (False, True):
+        rule = _bound(embed_update="head")
+        if perturb:
+            with torch.no_grad():
+                for p in rule.net.block0.parameters():
+                    p.add_(torch.randn_like(p))
+        rule.step(x, y)
+        grads.append({n: p.grad.clone() for n, p in rule.net.named_parameters()
+                      if not n.startswith("block0.")})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=0)
+
+
+def test_bad_embed_update_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="embed_update.*'all'.*'head'"):
+        make_rule("noprop", embed_update="block")
 
 
 def test_every_block_and_the_output_unit_are_trained() -> None:
