@@ -163,9 +163,9 @@ class NoPropNet(nn.Sequential):
     def denoisers(self) -> list[Denoiser]:
         return list(self.children())[:-1]
 
-    def u_hat(self, logits: Tensor) -> Tensor:
-        """û = softmax(logits) W_Embed: (B, C) -> (B, d)."""
-        return torch.softmax(logits, 1) @ self.head.W_embed
+    def u_hat(self, logits: Tensor, W: Tensor | None = None) -> Tensor:
+        """û = softmax(logits) W_Embed: (B, C) -> (B, d); ``W`` replaces W_Embed (e.g. detached)."""
+        return torch.softmax(logits, 1) @ (self.head.W_embed if W is None else W)
 
     def step_coeffs(self, ab_prev: Tensor, ab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(a_t, b_t, c_t) of eq. 3 from ᾱ_{t−1} and ᾱ_t."""

@@ -132,7 +132,7 @@ class NoPropDT(_NoPropBase):
             u_y = W[y]  # (B, d) target; re-indexed per block: each block's graph is freed alone
             eps = self.randn(len(y), d, device=x.device)
             z = ab[t - 1].sqrt() * u_y.detach() + (1 - ab[t - 1]).sqrt() * eps  # ~ q(z_{t−1}|y)
-            u_hat = torch.softmax(block(z, x), 1) @ W  # (B, d) = softmax(logits) W_Embed
+            u_hat = net.u_hat(block(z, x), W)  # (B, d) = softmax(logits) W_Embed
             w = 0.5 * self.eta * (snr[t] - snr[t - 1])  # eq. 8's SNR-difference weight
             loss_t = w * (u_hat - u_y).pow(2).sum(1).mean()
             loss_t.backward()  # block t's own loss; its graph is freed before block t+1 runs
@@ -169,7 +169,7 @@ class NoPropCT(_ContinuousTime):
         ab = net.schedule(t)[:, None]  # (B, 1)
         u_y = W[y]
         z = ab.sqrt() * u_y.detach() + (1 - ab).sqrt() * self.randn(B, d, device=x.device)
-        u_hat = torch.softmax(net.denoisers[0](z, x, t), 1) @ W
+        u_hat = net.u_hat(net.denoisers[0](z, x, t), W)
         dsnr = (net.GAMMA_MAX - net.GAMMA_MIN) * torch.exp(net.gamma(t))  # SNR'(t) = γ' e^γ
         denoise = (0.5 * self.eta * dsnr * (u_hat - u_y).pow(2).sum(1)).mean()
         ce, kl = self._output_unit_loss(y)
