@@ -215,6 +215,24 @@ def _steptime_ratios(root: Path) -> dict[str, tuple[float, str]]:
     return out
 
 
+def _train_memory_ratios(root: Path) -> dict[tuple[str, str], tuple[float, int, str]]:
+    """(model, rule name) -> (peak training memory / bp's, batch size, file) from
+    ``memory_vs_depth.py``'s files (RSS above baseline over a few training steps, no evaluation
+    pass). Where several files measured the same pair, the largest ratio counts."""
+    out: dict[tuple[str, str], tuple[float, int, str]] = {}
+    for f in sorted(root.rglob("memory_vs_depth.json")):
+        b = json.loads(f.read_text())
+        bp = {r["depth"]: r.get("mem_delta_bytes") for r in b["rows"] if r["rule"] == "bp"}
+        for r in b["rows"]:
+            base, v = bp.get(r["depth"]), r.get("mem_delta_bytes")
+            if r["rule"] == "bp" or not base or v is None or r.get("status", "ok") != "ok":
+                continue
+            key = (r["model"], r["rule"])
+            if key not in out or v / base > out[key][0]:
+                out[key] = (v / base, b["batch_size"], str(f.parent.relative_to(root)))
+    return out
+
+
 def overview() -> str:
     """One row per (rule, dataset): the best committed result beside its BP twin, the paper's
     anchor and the project's target (``anchors.toml``), and the paired step-cost ratio."""
@@ -241,9 +259,10 @@ def overview() -> str:
                 if key not in best or cand[:3] > best[key][:3]:
                     best[key] = cand
     cost = _steptime_ratios(root)
+    train_mem = _train_memory_ratios(root)
     lines = ["| rule | dataset | best test acc % | seeds | epochs | model | BP twin % | target | "
-             "met | paper anchor % (its BP) | step time × bp | records |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "met | paper anchor % (its BP) | step time × bp | train memory × bp | records |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (rule, ds, _), (acc, n_ok, _native, r, twin, group) in sorted(best.items()):
         if rule == "bp":
             continue
@@ -258,6 +277,11 @@ def overview() -> str:
             tgt = f"≥ bp − {a['max_gap_to_bp']:g}"
         else:
             tgt = "–"
+        mem = train_mem.get((r.model, r.name))
+        if "max_mem_ratio" in a:  # a second criterion: peak training memory, same model and batch
+            tgt += f", memory ≤ {a['max_mem_ratio']:g} × bp"
+            if met == "yes" and (mem is None or mem[0] > a["max_mem_ratio"]):
+                met = "no"
         anchor = "–"
         if "anchor" in a:
             anchor = f"{a['anchor']:g}" + (f" ({a['anchor_bp']:g})" if "anchor_bp" in a else "")
@@ -266,14 +290,18 @@ def overview() -> str:
         lines.append(
             f"| `{r.name}` | {r.dataset} | {100 * acc:.2f}{std} | {n_ok} | {_num(r.epochs)} | `{r.model}` | "
             f"{'–' if bp is None else f'{100 * bp:.2f}'} | {tgt} | {met} | {anchor} | "
-            f"{'–' if c is None else f'{c[0]:.2f}'} | `{group}` |")
+            f"{'–' if c is None else f'{c[0]:.2f}'} | "
+            f"{'–' if mem is None else f'{mem[0]:.2f} (batch {mem[1]}, `{mem[2]}`)'} | `{group}` |")
     return ("The best committed result of every rule on each dataset and model family (the highest mean test "
             "accuracy over that rule's benchmark runs, its options included: `rule[k=v]` names "
             "options that differ from the defaults; budgets differ, see *epochs* and the "
             "per-suite tables below), its BP twin from the same run, the project's target and the "
             "paper's anchor (`benchmarks/anchors.toml`; anchors come from the papers' own, usually "
-            "larger, settings), and the paired step-time ratio to bp on the rule's native model "
-            "(`benchmarks/records/cost/`, `core/steptime.json`).\n\n" + "\n".join(lines))
+            "larger, settings), the paired step-time ratio to bp on the rule's native model "
+            "(`benchmarks/records/cost/`, `core/steptime.json`), and peak training memory above "
+            "baseline as a ratio to bp on the same model (`memory_vs_depth.py`: a few training "
+            "steps, no evaluation pass; the largest ratio where several files measured it).\n\n"
+            + "\n".join(lines))
 
 
 def _num(x: float | None) -> str:
