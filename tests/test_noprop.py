@@ -106,6 +106,20 @@ def test_embed_update_head_leaves_blocks_nothing_in_common() -> None:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=0, atol=0)
 
 
+def test_collapsing_class_embeddings_warn_once_naming_the_fix() -> None:
+    rule = _bound()
+    rule.on_epoch_start(0)  # the reference distance
+    with torch.no_grad():
+        rule.net.head.W_embed[1] = rule.net.head.W_embed[0] + 1e-3
+    with pytest.warns(RuntimeWarning, match="collapsing.*embed_update='head'"):
+        rule.on_epoch_start(1)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rule.on_epoch_start(2)  # once per run
+        _bound(spec="noprop:8,T=3,width=16,dropout=0,embed=onehot").on_epoch_start(0)
+
+
 def test_bad_embed_update_names_the_choices() -> None:
     with pytest.raises(ValueError, match="embed_update.*'all'.*'head'"):
         make_rule("noprop", embed_update="block")

@@ -50,6 +50,7 @@ Defaults (paper, MNIST, NoProp-DT): T = 10, η = 0.1, AdamW, lr 1e-3, weight dec
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -81,6 +82,30 @@ class _NoPropBase(LearningRule):
                              f"Algorithm 1) or 'head' (only the output unit's CE + KL do), got "
                              f"{embed_update!r}")
         self.eta, self.embed_update = eta, embed_update
+
+    #: warn when the closest two class embeddings come closer than this fraction of their
+    #: distance at the first epoch (the collapse ``embed_update="head"`` prevents)
+    COLLAPSE_FRACTION: ClassVar[float] = 0.1
+
+    def on_epoch_start(self, epoch: int) -> None:
+        W = self.net.head.W_embed
+        if not isinstance(W, nn.Parameter) or len(W) < 2:
+            return  # one-hot (fixed) embeddings cannot collapse
+        with torch.no_grad():
+            dist = torch.cdist(W, W) + torch.diag(torch.full((len(W),), float("inf"),
+                                                             device=W.device))
+            closest = float(dist.min())  # once per epoch, a C x C matrix
+        first = self.__dict__.setdefault("_closest_at_start", closest)
+        if closest < self.COLLAPSE_FRACTION * first and not self.__dict__.get("_warned"):
+            self._warned = True
+            warnings.warn(
+                f"{self.name}: the class embeddings are collapsing (the closest two rows of "
+                f"W_Embed are {closest:.3g} apart, {first:.3g} at the start); "
+                + ("the denoising losses pull them together: pass embed_update='head' so only "
+                   "the output unit trains W_Embed, or a fixed embed=onehot model"
+                   if self.embed_update == "all" else
+                   "try a fixed embed=onehot model or a smaller learning rate"),
+                RuntimeWarning, stacklevel=2)
 
     def _embedding(self) -> Tensor:
         """W_Embed as the denoising losses see it: detached with ``embed_update="head"``."""
