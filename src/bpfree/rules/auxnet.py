@@ -98,6 +98,50 @@ def split_modules(n_blocks: int, n_modules: int) -> list[tuple[int, int]]:
     return [(e - s, e) for s, e in zip(sizes, ends)]
 
 
+def _saved_storages(fn, *args) -> tuple[object, dict[int, int]]:
+    """Run ``fn(*args)`` and return its result and the tensors autograd saved for backward, as
+    ``{storage address: bytes}`` (a storage saved twice counts once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*args)
+    return out, seen
+
+
+def _param_storages(*modules: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for m in modules
+            for t in [*m.parameters(), *m.buffers()]}
+
+
+def minimax_split(n_blocks: int, n_modules: int, cost) -> list[tuple[int, int]]:
+    """Contiguous split of ``n_blocks`` blocks into ``n_modules`` modules minimising the largest
+    ``cost(k, start, end)`` (module k = blocks ``[start, end)``), by dynamic programming over
+    (module, end). Ties go to the earlier boundaries (smaller first modules, a larger last one
+    trained end to end through the model's own head)."""
+    if not 1 <= n_modules <= n_blocks:
+        raise ValueError(f"need 1 <= n_modules <= n_blocks, got {n_modules}, {n_blocks}")
+    inf = float("inf")
+    best: dict[tuple[int, int], tuple[float, int]] = {}  # (k, end) -> (minimax cost, start)
+    for e in range(1, n_blocks - n_modules + 2):
+        best[0, e] = (cost(0, 0, e), 0)
+    for k in range(1, n_modules):
+        for e in range(k + 1, n_blocks - n_modules + k + 2):
+            cands = [(max(best[k - 1, s][0], cost(k, s, e)), s) for s in range(k, e)
+                     if (k - 1, s) in best]
+            best[k, e] = min(cands, default=(inf, 0))
+    bounds, e = [], n_blocks
+    for k in range(n_modules - 1, -1, -1):
+        s = best[k, e][1]
+        bounds.append((s, e))
+        e = s
+    return bounds[::-1]
+
+
 class _AuxLocal(LearningRule):
     """Shared machinery: detach between modules, one backward per module, head = last aux."""
 
@@ -112,11 +156,15 @@ class _AuxLocal(LearningRule):
     search_space = {"lr": ("log", 1e-4, 1e-2)}
 
     n_modules: int = 0
+    split: str = "even"
 
-    def _check_modules(self, n_modules: int) -> None:
+    def _check_modules(self, n_modules: int, split: str = "even") -> None:
         if n_modules < 0 or n_modules == 1:
             raise ValueError(f"n_modules must be 0 (one module per block) or >= 2, got {n_modules}")
-        self.n_modules = n_modules
+        if split not in ("even", "memory"):
+            raise ValueError(f"split must be 'even' (modules of equal block counts) or 'memory' "
+                             f"(modules of balanced saved-activation memory), got {split!r}")
+        self.n_modules, self.split = n_modules, split
 
     def _bind(self, model: nn.Module, task: Task, generator: torch.Generator) -> None:
         shapes = block_output_shapes(model, task.in_shape)[:-1]  # (C, H, W) of every block
@@ -126,12 +174,66 @@ class _AuxLocal(LearningRule):
             raise ConfigError(f"n_modules={self.n_modules} but the model has only {len(shapes)} "
                               f"blocks before its head; use n_modules <= {len(shapes)} (0: one "
                               f"module per block)")
-        self.bounds = split_modules(len(shapes), self.n_modules or len(shapes))
+        n_mod = self.n_modules or len(shapes)
+        self.bounds = split_modules(len(shapes), n_mod)
+        if self.split == "memory" and n_mod < len(shapes):
+            self.bounds = self._memory_split(len(shapes), n_mod, task)
         seed = int(torch.randint(2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):  # init from the run's seed, global RNG untouched
             torch.manual_seed(seed)
             self.aux = nn.ModuleList(self._make_aux(k, shapes, task)
                                      for k in range(len(self.bounds) - 1))
+
+    def _memory_split(self, n_blocks: int, n_modules: int, task: Task) -> list[tuple[int, int]]:
+        """``split="memory"``: the split whose largest module holds the least saved activation
+        memory, its auxiliary net included (what one module's backward keeps alive; the peak of a
+        local step is the largest module's). Measured, not modelled: one dummy training-mode
+        forward of a copy of the model (2 samples, the real tensors' dtype and device) records the
+        storages every block saves for backward; each candidate auxiliary net is built and run on
+        the block output it would see. The chosen split and its per-module bytes per sample are
+        kept in ``self.module_bytes``; ``self.bp_bytes`` is the whole network's, BP's."""
+        blocks = nn.ModuleList(copy.deepcopy(list(self.blocks)))  # real BN statistics untouched
+        dev = next(blocks.parameters()).device
+        params = _param_storages(blocks)
+        saved: list[dict[int, int]] = []
+        outs: list[Tensor] = []
+        with torch.random.fork_rng(devices=[]):
+            h = torch.zeros(2, *task.in_shape, device=dev)
+            for block in blocks:
+                h, st = _saved_storages(block, h)
+                saved.append({p: b for p, b in st.items() if p not in params})
+                outs.append(h)
+            aux_saved: dict[tuple[int, int], dict[int, int]] = {}
+            bounds = self.bounds
+
+            def aux_bytes(k: int, e: int) -> dict[int, int]:
+                if (k, e) not in aux_saved:  # aux of module k ending before block e
+                    self.bounds = [(0, 1)] * n_modules
+                    self.bounds[k], self.bounds[k + 1] = (e - 1, e), (e, e + 1)
+                    aux = self._make_aux(k, [tuple(o.shape[1:]) for o in outs[:-1]], task)
+                    aux = aux.to(dev).train()
+                    _, st = _saved_storages(aux, outs[e - 1])
+                    skip = _param_storages(aux)
+                    aux_saved[k, e] = {p: b for p, b in st.items() if p not in skip}
+                return aux_saved[k, e]
+
+            def cost(k: int, s: int, e: int) -> float:
+                union: dict[int, int] = {}
+                for j in range(s, e):
+                    union.update(saved[j])
+                union.update(saved[-1] if k == n_modules - 1 else aux_bytes(k, e))
+                return sum(union.values())
+
+            try:
+                best = minimax_split(n_blocks, n_modules, cost)
+                self.module_bytes = [cost(k, s, e) / 2 for k, (s, e) in enumerate(best)]
+            finally:
+                self.bounds = bounds
+        total: dict[int, int] = {}
+        for st in saved:
+            total.update(st)
+        self.bp_bytes = sum(total.values()) / 2
+        return best
 
     def joint_blocks(self) -> set[int]:
         return {j for start, end in getattr(self, "bounds", []) for j in range(start + 1, end)}
@@ -169,14 +271,15 @@ class DGL(_AuxLocal):
     name = "dgl"
     paper = "https://arxiv.org/abs/1901.08164"
 
-    def __init__(self, aux_convs: int = 1, aux_mlp: int = 3, n_modules: int = 0) -> None:
+    def __init__(self, aux_convs: int = 1, aux_mlp: int = 3, n_modules: int = 0,
+                 split: str = "even") -> None:
         super().__init__()
         if aux_convs < 0:
             raise ValueError(f"aux_convs must be >= 0, got {aux_convs}")
         if aux_mlp < 1:
             raise ValueError(f"aux_mlp (Linear layers in the auxiliary MLP) must be >= 1, got {aux_mlp}")
         self.aux_convs, self.aux_mlp = aux_convs, aux_mlp
-        self._check_modules(n_modules)
+        self._check_modules(n_modules, split)
 
     def _make_aux(self, k: int, shapes: list[tuple[int, ...]], task: Task) -> nn.Module:
         return dgl_head(shapes[self.bounds[k][1] - 1], task.num_classes, self.aux_convs, self.aux_mlp)
@@ -206,13 +309,14 @@ class AugLocal(_AuxLocal):
     name = "auglocal"
     paper = "https://arxiv.org/abs/2402.17318"
 
-    def __init__(self, aux_depth: int = 3, min_depth: int = 1, n_modules: int = 0) -> None:
+    def __init__(self, aux_depth: int = 3, min_depth: int = 1, n_modules: int = 0,
+                 split: str = "even") -> None:
         super().__init__()
         if not 1 <= min_depth <= aux_depth:
             raise ValueError(f"need 1 <= min_depth <= aux_depth, got min_depth={min_depth}, "
                              f"aux_depth={aux_depth}")
         self.aux_depth, self.min_depth = aux_depth, min_depth
-        self._check_modules(n_modules)
+        self._check_modules(n_modules, split)
 
     def depth(self, k: int, n_modules: int, n_layers: int | None = None,
               last: int | None = None) -> int:
@@ -285,7 +389,8 @@ class MAN(_AuxLocal):
     legacy_options = {"bias": "channel", "ema": "module"}
 
     def __init__(self, momentum: float = 0.995, aux_convs: int = 1, aux_mlp: int = 3,
-                 n_modules: int = 0, bias: str = "block", ema: str = "block") -> None:
+                 n_modules: int = 0, bias: str = "block", ema: str = "block",
+                 split: str = "even") -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
@@ -300,7 +405,10 @@ class MAN(_AuxLocal):
                              f"code) or 'module' (copy the whole next module), got {ema!r}")
         self.momentum, self.aux_convs, self.aux_mlp = momentum, aux_convs, aux_mlp
         self.bias, self.ema = bias, ema
-        self._check_modules(n_modules)
+        self._check_modules(n_modules, split)
+        if split == "memory" and ema == "module":
+            raise ValueError("split='memory' costs each module's momentum copy as the one block "
+                             "after it; use ema='block' (the authors' code) with it")
 
     def _next_module(self, k: int) -> list[nn.Module]:
         """The blocks module k's momentum copy follows: the first block after module k (the
