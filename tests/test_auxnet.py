@@ -282,3 +282,114 @@ def test_learns_fashion_mnist_subset(name: str) -> None:
                 lr_schedule="cosine", batch_size=32, threads=1, progress=False,
                 measure_flops=False, energy=False)
     assert rec.status == "ok" and rec.test_acc is not None and rec.test_acc >= 0.6, rec.test_acc
+
+
+def test_minimax_split_is_optimal() -> None:
+    """The DP returns a split whose largest module cost equals the brute-force minimum."""
+    import itertools
+
+    from bpfree.rules.auxnet import minimax_split
+
+    g = torch.Generator().manual_seed(0)
+    for n, k in [(5, 2), (7, 3), (9, 4), (6, 6), (4, 1)]:
+        w = torch.rand(k, n, generator=g).tolist()  # per-module weight of each block
+
+        def cost(m: int, s: int, e: int) -> float:
+            return sum(w[m][s:e]) + 0.1 * m * e  # depends on the module index and the end
+
+        got = minimax_split(n, k, cost)
+        assert got[0][0] == 0 and got[-1][1] == n and len(got) == k
+        assert all(e == s2 and s < e for (s, e), (s2, _) in zip(got, got[1:]))
+        best = min(max(cost(m, s, e) for m, (s, e) in enumerate(zip((0, *cut), (*cut, n))))
+                   for cut in itertools.combinations(range(1, n), k - 1))
+        assert max(cost(m, s, e) for m, (s, e) in enumerate(got)) == pytest.approx(best)
+
+
+class _LiveStorages:
+    """Peak bytes of the distinct non-parameter storages saved for backward alive at once."""
+
+    def __init__(self, params: set[int]) -> None:
+        self.params, self.refs, self.live, self.peak = params, {}, 0, 0
+
+    def pack(self, t: torch.Tensor):
+        meter, st = self, t.untyped_storage()
+        ptr, n = st.data_ptr(), st.nbytes()
+        if ptr in self.params:
+            return t
+
+        class Box:
+            def __init__(self) -> None:
+                self.t = t
+                meter.refs[ptr] = meter.refs.get(ptr, 0) + 1
+                if meter.refs[ptr] == 1:
+                    meter.live += n
+                    meter.peak = max(meter.peak, meter.live)
+
+            def __del__(self) -> None:
+                meter.refs[ptr] -= 1
+                if meter.refs[ptr] == 0:
+                    meter.live -= n
+
+        return Box()
+
+    @staticmethod
+    def unpack(box):
+        return box if isinstance(box, torch.Tensor) else box.t
+
+
+@pytest.mark.parametrize("name", LOCAL)
+def test_memory_split_balances_saved_activations(name: str) -> None:
+    """split='memory' picks boundaries whose largest module holds no more saved activation
+    memory than the even split's, its per-module estimate matches a real step's saved peak,
+    and the per-module autograd oracle still holds for those boundaries."""
+    spec, shape = "resnet:8,width=8", (1, 28, 28)
+    x, y = _batch(shape, n=16)
+    peaks = {}
+    for split in ("even", "memory"):
+        rule = _bound(name, spec=spec, in_shape=shape, n_modules=2, split=split)
+        meter = _LiveStorages({t.untyped_storage().data_ptr()
+                               for t in [*rule.parameters(), *rule.buffers()]})
+        with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+            rule.step(x, y)
+        peaks[split] = meter.peak
+    assert rule.bounds != split_modules(9, 2) and rule.bounds[0][0] == 0 and rule.bounds[-1][1] == 9
+    assert peaks["memory"] <= peaks["even"], peaks
+    est = max(rule.module_bytes) * 16  # bytes per sample x batch
+    assert est == pytest.approx(peaks["memory"], rel=0.02), (est, peaks)  # measured: 0.3 %
+    assert rule.bp_bytes > max(rule.module_bytes)
+    # the autograd oracle on the chosen boundaries
+    ref = _bound(name, spec=spec, in_shape=shape, n_modules=2, split="memory")
+    rule = _bound(name, spec=spec, in_shape=shape, n_modules=2, split="memory")
+    assert ref.bounds == rule.bounds
+    rule.step(x, y)
+    *blocks, head = ref.blocks
+    h = x
+    for k, (start, end) in enumerate(ref.bounds):
+        out = h.detach()
+        for block in blocks[start:end]:
+            out = block(out)
+        logits = head(out) if k == len(ref.bounds) - 1 else ref.aux[k](out)
+        params = [p for block in blocks[start:end] for p in block.parameters()]
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), params)
+        got = [p for block in rule.blocks[start:end] for p in block.parameters()]
+        for p_rule, g in zip(got, grads, strict=True):
+            torch.testing.assert_close(p_rule.grad, g)
+        h = out
+
+
+def test_memory_split_leaves_model_and_rng_untouched_and_rejects_bad_values() -> None:
+    task = Task((1, 28, 28), 10)
+    torch.manual_seed(0)
+    model = build_model("resnet:8,width=8", task)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(5)
+    make_rule("man", n_modules=3, split="memory").bind(model, task, torch.Generator().manual_seed(0))
+    after_rng = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(torch.rand(1), after_rng)  # the global RNG did not move
+    for k, v in model.state_dict().items():  # BN running statistics of the real model unchanged
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match="split must be 'even'.*'memory'"):
+        make_rule("dgl", n_modules=2, split="balanced")
+    with pytest.raises(ValueError, match="ema='block'"):
+        make_rule("man", n_modules=2, split="memory", ema="module")
