@@ -4,6 +4,10 @@ The model's blocks are split into K gradient-isolated modules. By default one mo
 (the stem or one residual block of :mod:`bpfree.models.resnet`), AugLocal's and MAN's setting;
 ``n_modules=K`` groups the blocks into K contiguous modules instead (DGL's and InfoPro's K = 2, 4,
 8, 16 splits; the first modules, which hold the largest activations, get the fewer blocks).
+``split="memory"`` places the K-1 boundaries where the largest module's saved activations, its
+auxiliary net's included, are smallest (measured by one dummy forward; a minimax DP over the
+boundaries): on ``resnet:8,width=16`` DGL's K=2 split moves from blocks (4, 5) to (3, 6) and its
+saved-activation peak from 0.68 to 0.60 × BP's.
 Module k receives its input *detached*, computes ``h_k = f_k(h_{k-1}.detach())`` and is trained
 only by the cross-entropy of its own auxiliary network ``a_k``:
 
