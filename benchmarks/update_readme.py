@@ -233,12 +233,33 @@ def _train_memory_ratios(root: Path) -> dict[tuple[str, str], tuple[float, int, 
     return out
 
 
+def _meets(a: dict, cand: tuple, train_mem: dict) -> tuple[str, str]:
+    """("yes" | "no" | "", target text) for one candidate row against its ``anchors.toml`` entry."""
+    acc, r, twin = cand[0], cand[3], cand[4]
+    bp = twin.test_acc_mean if twin is not None else None
+    met = ""
+    if "target" in a:
+        met = "yes" if 100 * acc >= a["target"] else "no"
+        tgt = f"≥ {a['target']:g}"
+    elif "max_gap_to_bp" in a and bp is not None:
+        met = "yes" if 100 * (bp - acc) <= a["max_gap_to_bp"] else "no"
+        tgt = f"≥ bp − {a['max_gap_to_bp']:g}"
+    else:
+        tgt = "–"
+    if "max_mem_ratio" in a:  # a second criterion: peak training memory, same model and batch
+        mem = train_mem.get((r.model, r.name))
+        tgt += f", memory ≤ {a['max_mem_ratio']:g} × bp"
+        if met == "yes" and (mem is None or mem[0] > a["max_mem_ratio"]):
+            met = "no"
+    return met, tgt
+
+
 def overview() -> str:
     """One row per (rule, dataset): the best committed result beside its BP twin, the paper's
     anchor and the project's target (``anchors.toml``), and the paired step-cost ratio."""
     root = HERE / "records"
     anchors = _anchors()
-    best: dict[tuple[str, str], tuple] = {}
+    cands: dict[tuple[str, str, str], list[tuple]] = {}
     for group in sorted(p for p in root.iterdir() if p.is_dir()):
         with warnings.catch_warnings():  # steptime/memory files beside the records are not records
             warnings.filterwarnings("ignore", message=".*(steptime|memory_vs_depth).*")
@@ -255,11 +276,14 @@ def overview() -> str:
                 key = (r.rule, r.dataset.split("[")[0], r.model.split(":")[0])
                 # ties go to the rule's current native model (e.g. a rerun on its corrected net)
                 native = r.model == getattr(RULES.get(r.rule), "native_model", None)
-                cand = (r.test_acc_mean, r.n_ok, native, r, twins.get((r.dataset, r.model)), group.name)
-                if key not in best or cand[:3] > best[key][:3]:
-                    best[key] = cand
+                cands.setdefault(key, []).append(
+                    (r.test_acc_mean, r.n_ok, native, r, twins.get((r.dataset, r.model)), group.name))
     cost = _steptime_ratios(root)
     train_mem = _train_memory_ratios(root)
+    # per key: the most accurate run that meets the project's target, else the most accurate run
+    best = {key: max(cs, key=lambda c: (_meets(anchors.get((key[0], key[1]), {}), c, train_mem)[0] == "yes",
+                                          *c[:3]))
+            for key, cs in cands.items()}
     lines = ["| rule | dataset | best test acc % | seeds | epochs | model | BP twin % | target | "
              "met | paper anchor % (its BP) | step time × bp | train memory × bp | records |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -268,20 +292,8 @@ def overview() -> str:
             continue
         a = anchors.get((rule, ds), {})
         bp = twin.test_acc_mean if twin is not None else None
-        met = ""
-        if "target" in a:
-            met = "yes" if 100 * acc >= a["target"] else "no"
-            tgt = f"≥ {a['target']:g}"
-        elif "max_gap_to_bp" in a and bp is not None:
-            met = "yes" if 100 * (bp - acc) <= a["max_gap_to_bp"] else "no"
-            tgt = f"≥ bp − {a['max_gap_to_bp']:g}"
-        else:
-            tgt = "–"
+        met, tgt = _meets(a, (acc, n_ok, _native, r, twin, group), train_mem)
         mem = train_mem.get((r.model, r.name))
-        if "max_mem_ratio" in a:  # a second criterion: peak training memory, same model and batch
-            tgt += f", memory ≤ {a['max_mem_ratio']:g} × bp"
-            if met == "yes" and (mem is None or mem[0] > a["max_mem_ratio"]):
-                met = "no"
         anchor = "–"
         if "anchor" in a:
             anchor = f"{a['anchor']:g}" + (f" ({a['anchor_bp']:g})" if "anchor_bp" in a else "")
@@ -293,7 +305,8 @@ def overview() -> str:
             f"{'–' if c is None else f'{c[0]:.2f}'} | "
             f"{'–' if mem is None else f'{mem[0]:.2f} (batch {mem[1]}, `{mem[2]}`)'} | `{group}` |")
     return ("The best committed result of every rule on each dataset and model family (the highest mean test "
-            "accuracy over that rule's benchmark runs, its options included: `rule[k=v]` names "
+            "accuracy over that rule's benchmark runs that meet the project's target, or over all its runs "
+            "where none does, its options included: `rule[k=v]` names "
             "options that differ from the defaults; budgets differ, see *epochs* and the "
             "per-suite tables below), its BP twin from the same run, the project's target and the "
             "paper's anchor (`benchmarks/anchors.toml`; anchors come from the papers' own, usually "
