@@ -76,6 +76,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [r for r in (args.rules.split(",") if args.rules else sorted(RULES)) if r and r != "bp"]
+    git = git_info()  # the code that runs: taken before a long run, while the tree can still change
     for name in names:
         label = rule_key(name, make_rule(name, **options).variant())
         path = out / f"steptime-{label}.json"
@@ -86,7 +87,7 @@ def main() -> None:
         except Exception as exc:  # recorded, not swallowed: the file names the failure
             blob = {"rule": label, "error": f"{type(exc).__name__}: {exc}",
                     "traceback": traceback.format_exc()}
-        blob.update(machine=machine_info(), torch_threads=torch.get_num_threads(), **git_info())
+        blob.update(machine=machine_info(), torch_threads=torch.get_num_threads(), **git)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(blob, indent=2))
         tmp.replace(path)

@@ -74,7 +74,15 @@ def main() -> None:
                     help="also measure a rule variant, e.g. --variant 'auglocal aux_depth=5' "
                          "(repeatable)")
     ap.add_argument("--out", default="results/memory_vs_depth")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw the plot of a finished run's "
+                    "memory_vs_depth.json (beside it, as memory_vs_depth.png)")
     args = ap.parse_args()
+    if args.replot:
+        blob = json.loads(Path(args.replot).read_text())
+        args.width, args.batch_size = blob["width"], blob["batch_size"]
+        plot(blob["rows"], Path(args.replot).with_suffix(".png"), args)
+        return
+    git = git_info()  # the code that runs: taken now, before the tree can change under a long run
     runs = [(r, {}) for r in RULES]
     for v in args.variant:
         name, *pairs = v.split()
@@ -113,7 +121,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"batch_size": args.batch_size, "steps": args.steps, "width": args.width,
-            "machine": machine_info(), "git": git_info(), "rows": rows}
+            "machine": machine_info(), "git": git, "rows": rows}
     (out / "memory_vs_depth.json").write_text(json.dumps(meta, indent=1, default=str))
     plot(rows, out / "memory_vs_depth.png", args)
 
@@ -126,19 +134,31 @@ def plot(rows: list[dict], path: Path, args: argparse.Namespace) -> None:
     except ImportError:
         print("matplotlib not installed: no plot")
         return
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    depths = sorted({r["depth"] for r in rows})
+    cycle = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+    colors = {rule: ("black" if rule == "bp" else next(cycle))
+              for rule in dict.fromkeys(r["rule"] for r in rows)}
     for ax, key, title in ((axes[0], "mem_delta_bytes", "peak RSS above baseline"),
                            (axes[1], "saved_peak_bytes", "peak saved activations")):
-        for rule in dict.fromkeys(r["rule"] for r in rows):
-            rs = [r for r in rows if r["rule"] == rule]
-            ax.plot([r["depth"] for r in rs], [r[key] / 2**20 for r in rs], marker="o", label=rule)
+        for rule, color in colors.items():
+            rs = [r for r in rows if r["rule"] == rule and r.get(key) is not None]
+            # bp bold; a rule that groups blocks into a few modules dashed, per-block rules solid
+            style = dict(lw=2.5) if rule == "bp" else dict(ls="--" if "n_modules" in rule else "-")
+            ax.plot([r["depth"] for r in rs], [r[key] / 2**20 for r in rs], marker="o",
+                    color=color, label=rule, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(depths, [str(d) for d in depths])
         ax.set_xlabel("residual blocks")
         ax.set_ylabel("MiB")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"Fashion-MNIST, ResNet width {args.width}, batch {args.batch_size}, CPU", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.74, 0.5), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"Fashion-MNIST, ResNet width {args.width}, batch {args.batch_size}, CPU "
+                 f"(dashed: blocks grouped into n_modules)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     fig.savefig(path, dpi=90)
     print(f"plot: {path}")
 
