@@ -161,6 +161,26 @@ def test_wrong_model_is_an_error_naming_it() -> None:
     assert isinstance(build_model("noprop:kind=ct,T=5", task), NoPropNet)
 
 
+@pytest.mark.parametrize("kind", ["ct", "fm"])
+def test_ct_fm_inference_computes_image_features_once(kind: str) -> None:
+    """CT/FM inference runs one block T times on the same x: its image branch runs once, and the
+    predictions equal those of the chain that recomputes it at every step."""
+    task = Task((1, 8, 8), 10)
+    torch.manual_seed(0)
+    net = build_model(f"noprop:8,kind={kind},T=6,width=16,dropout=0", task).eval()
+    x, _ = _xy()
+    calls = []
+    net.block0.image.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        cached = net(x)
+        assert len(calls) == 1
+        forward = net.block0.forward
+        net.block0.forward = lambda z, x, t=None, hx=None: forward(z, x, t)  # recompute per step
+        recomputed = net(x)
+    assert len(calls) == 1 + 1 + 6  # the unused cached call, then one per step
+    torch.testing.assert_close(cached, recomputed)
+
+
 @pytest.mark.slow
 def test_learns_real_mnist(mnist_dir) -> None:
     """A small NoProp-DT (MLP image branch) on 10k real MNIST digits, 3 epochs: well above chance."""

@@ -93,8 +93,12 @@ class Denoiser(nn.Module):
             nn.Linear(width, width // 2), nn.BatchNorm1d(width // 2), nn.ReLU(),
             nn.Linear(width // 2, out_dim))
 
-    def forward(self, z: Tensor, x: Tensor, t: Tensor | None = None) -> Tensor:
-        hx = self.image(x)  # (B, W)
+    def forward(self, z: Tensor, x: Tensor, t: Tensor | None = None, *,
+                hx: Tensor | None = None) -> Tensor:
+        """``hx``: ``self.image(x)`` when the caller already has it (CT/FM inference runs one
+        block T times on the same ``x``: its image features are computed once, not T times)."""
+        if hx is None:
+            hx = self.image(x)  # (B, W)
         h1 = self.z1(z)
         hz = F.relu(self.z2(h1) + h1)  # skip connection in the label branch
         parts = [hx, hz]
@@ -187,16 +191,18 @@ class NoPropNet(nn.Sequential):
         B = x.shape[0]
         z = randn(B, d)  # z_0 ~ N(0, I)
         blocks = self.denoisers
+        # CT/FM: one block sees the same x at every step, so its image features are computed once
+        hx = None if self.kind == "dt" else blocks[0].image(x)
         for k in range(1, self.T + 1):
             if self.kind == "fm":  # Euler step of dz/dt = v_θ(z_t, x, t)
                 t = torch.full((B,), (k - 1) / self.T, device=x.device)
-                z = z + blocks[0](z, x, t) / self.T
+                z = z + blocks[0](z, x, t, hx=hx) / self.T
                 continue
             ab_prev, ab = self.alpha_bar[k - 1], self.alpha_bar[k]
             if self.kind == "dt":
                 logits = blocks[k - 1](z, x)
             else:  # ct: one block, conditioned on the current time
-                logits = blocks[0](z, x, torch.full((B,), (k - 1) / self.T, device=x.device))
+                logits = blocks[0](z, x, torch.full((B,), (k - 1) / self.T, device=x.device), hx=hx)
             a, b, c = self.step_coeffs(ab_prev, ab)
             z = a * self.u_hat(logits) + b * z + c.sqrt() * randn(B, d)
         return head(z)
