@@ -1,4 +1,4 @@
-"""NoProp-DT vs its BP twin on the same NoProp network, MNIST and Fashion-MNIST, one process.
+"""NoProp (DT, CT, FM) vs its BP twin on the same NoProp network, MNIST and Fashion-MNIST, one process.
 
 The BP twin is ``bp`` on the *same* ``noprop:`` model: cross-entropy back-propagated end to end
 through the whole T-step inference chain ``z_0 ~ N(0, I) -> z_1 -> ... -> z_T -> head`` (eq. 3),
@@ -15,6 +15,9 @@ peak RSS above the pre-training baseline) and an interleaved per-step time ratio
     ... --config cpu-cnn --out results/noprop-cnn
     # Fashion-MNIST, 10 epochs, W_Embed trained by the output unit only (see the noprop rule)
     ... --config cpu-cnn --data fashion-mnist --epochs 10 --embed-update head
+    # NoProp-CT / NoProp-FM: one time-conditioned block (same half-width conv branch), T = 40
+    ... --config cpu-cnn-ct --out results/noprop-ct
+    ... --config cpu-cnn-fm --out results/noprop-fm
     # the paper's MNIST configuration (conv 32-64-128 image branch, width 256, 100 epochs): GPU
     PYTHONPATH=src .venv/bin/python benchmarks/noprop.py --config paper
 
@@ -49,6 +52,12 @@ CONFIGS = {
     # multiply-adds per block), no dropout, a cosine schedule over a short budget
     "cpu-cnn": {"model": "noprop:16,32,64,T=10,width=128,dropout=0", "epochs": 5,
                 "lr_schedule": "cosine"},
+    # the same image branch and budget for the continuous-time variants (one time-conditioned
+    # block; T = 40 inference steps, the rules' native T)
+    "cpu-cnn-ct": {"model": "noprop:16,32,64,kind=ct,T=40,width=128,dropout=0", "epochs": 5,
+                   "lr_schedule": "cosine", "rules": "bp,noprop-ct"},
+    "cpu-cnn-fm": {"model": "noprop:16,32,64,kind=fm,T=40,width=128,dropout=0", "epochs": 5,
+                   "lr_schedule": "cosine", "rules": "bp,noprop-fm"},
 }
 
 
@@ -58,13 +67,16 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="override the config's model spec")
     ap.add_argument("--data", default="mnist,fashion-mnist")
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--eta", type=float, default=0.1)
-    ap.add_argument("--embed-update", choices=("all", "head"), default="all",
-                    help="which losses train W_Embed: all (paper Algorithm 1) or head (CE + KL "
-                         "only; keeps the class embeddings apart on Fashion-MNIST past 5 epochs)")
+    ap.add_argument("--eta", type=float, default=None,
+                    help="the denoising loss weight (default: the rule's, DT 0.1, CT/FM 1.0)")
+    ap.add_argument("--embed-update", choices=("all", "head"), default=None,
+                    help="which losses train W_Embed (noprop, noprop-ct): all (paper Algorithm "
+                         "1, the default) or head (CE + KL only; keeps the class embeddings apart "
+                         "on Fashion-MNIST past 5 epochs)")
     ap.add_argument("--lr-schedule", default=None,
                     help="constant | cosine | linear-cooldown (default: the config's, else constant)")
-    ap.add_argument("--rules", default="bp,noprop", help="which of the pair to train, in order")
+    ap.add_argument("--rules", default=None,
+                    help="which rules to train, in order (default: the config's, else bp,noprop)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--step-repeats", type=int, default=5, help="paired step timing (0: skip)")
@@ -74,31 +86,37 @@ def main() -> None:
     model = args.model or cfg["model"]
     epochs = args.epochs or cfg["epochs"]
     schedule = args.lr_schedule or cfg.get("lr_schedule", "constant")
+    rules = (args.rules or cfg.get("rules", "bp,noprop")).split(",")
     common = dict(model=model, epochs=epochs, lr=1e-3, batch_size=128, optimizer="adamw",
                   lr_schedule=schedule,
                   weight_decay=1e-3, seed=args.seed, threads=args.threads, progress=False,
                   measure_flops=False, energy=False, out=args.out, suite="noprop")
     mem = {}
     for data in args.data.split(","):
-        for rule in args.rules.split(","):
-            opts = ({"eta": args.eta, "embed_update": args.embed_update}
-                    if rule == "noprop" else {})
+        for rule in rules:
+            opts = {}
+            if rule != "bp" and args.eta is not None:
+                opts["eta"] = args.eta
+            if rule in ("noprop", "noprop-ct") and args.embed_update is not None:
+                opts["embed_update"] = args.embed_update
             rec = train(rule=rule, data=data, rule_options=opts, **common)
             mem[(data, rule)] = (rec.extra or {}).get("mem_delta_bytes")
             curve = [round(c["val_acc"], 4) for c in rec.curve if c["val_acc"] is not None]
-            print(f"{data:13s} {rule:7s} {rec.status:6s} test_acc {rec.test_acc} epochs {rec.epochs} "
+            print(f"{data:13s} {rule:9s} {rec.status:6s} test_acc {rec.test_acc} epochs {rec.epochs} "
                   f"epoch_time_s {rec.epoch_time_s} mem_delta_MiB "
                   f"{mem[(data, rule)] / 2**20 if mem[(data, rule)] else None} val {curve}",
                   flush=True)
-        if mem.get((data, "bp")) and mem.get((data, "noprop")):
-            print(f"{data}: peak train memory (RSS above baseline) noprop/bp = "
-                  f"{mem[(data, 'noprop')] / mem[(data, 'bp')]:.2f}")
-    if args.step_repeats:
-        st = paired_step_times(["bp", "noprop"], model, args.data.split(",")[0],
+        for rule in rules:
+            if rule != "bp" and mem.get((data, "bp")) and mem.get((data, rule)):
+                print(f"{data}: peak train memory (RSS above baseline) {rule}/bp = "
+                      f"{mem[(data, rule)] / mem[(data, 'bp')]:.2f}")
+    if args.step_repeats and len(rules) > 1:
+        st = paired_step_times(rules, model, args.data.split(",")[0],
                                batch_size=128, steps=10, repeats=args.step_repeats, seed=args.seed)
         print(f"paired step time (median of {args.step_repeats}, interleaved): "
               + ", ".join(f"{k} {v.median_s * 1e3:.1f} ms" for k, v in st.items())
-              + f"; noprop/bp = {st['noprop'].median_s / st['bp'].median_s:.2f}")
+              + "".join(f"; {k}/bp = {v.median_s / st['bp'].median_s:.2f}"
+                        for k, v in st.items() if k != "bp" and "bp" in st))
     m, g = machine_info(), git_info()
     print(f"\nmachine: {m.get('cpu_model')}, {m.get('logical_cores')} cores, torch {m.get('torch')}"
           f"  commit: {g.get('commit')} dirty={g.get('dirty')}  model: {model}")
