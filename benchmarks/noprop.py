@@ -112,7 +112,8 @@ def main() -> None:
                       f"{mem[(data, rule)] / mem[(data, 'bp')]:.2f}")
     if args.step_repeats and len(rules) > 1:
         st = paired_step_times(rules, model, args.data.split(",")[0],
-                               batch_size=128, steps=10, repeats=args.step_repeats, seed=args.seed)
+                               batch_size=128, steps=10, repeats=args.step_repeats, seed=args.seed,
+                               threads=args.threads)
         print(f"paired step time (median of {args.step_repeats}, interleaved): "
               + ", ".join(f"{k} {v.median_s * 1e3:.1f} ms" for k, v in st.items())
               + "".join(f"; {k}/bp = {v.median_s / st['bp'].median_s:.2f}"

@@ -381,3 +381,30 @@ def test_untrimmed_cpu_memory_is_flagged_not_trusted():
         r.extra["mem_heap_trimmed"] = True
     table = markdown_table(summarize(recs))
     assert "†" not in table and "may read low" not in table
+
+
+def test_paired_step_times_runs_on_the_configured_threads_and_restores_them(monkeypatch) -> None:
+    """``threads=`` applies to the timed steps (as in ``train``) and the caller's count is restored:
+    a timing taken on torch's default thread count beside another job oversubscribes the cores."""
+    import torch
+
+    from bpfree.bench import steptime
+
+    seen: list[int] = []
+    real = steptime.Trainer.train_step
+
+    def spy(self, xb, yb):
+        seen.append(torch.get_num_threads())
+        return real(self, xb, yb)
+
+    monkeypatch.setattr(steptime.Trainer, "train_step", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = steptime.paired_step_times(["bp", "fa"], "mlp:16", "synthetic", batch_size=32,
+                                         steps=2, repeats=2, warmup=1, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert set(seen) == {1} and len(seen) == 2 * (1 + 2 * 2)
+    assert all(len(t.times_s) == 2 for t in out.values())

@@ -67,18 +67,24 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
     batches = [torch.randint(n, (batch_size,), generator=g).to(s.x_train.device)
                for _ in range(steps)]
     data = [(s.x_train[i], s.y_train[i]) for i in batches]
-    for tr in trainers.values():  # warm-up: allocator, kernels, lazy state
-        for xb, yb in data[:warmup]:
-            tr.train_step(xb, yb)
-    out = {name: StepTimes(name, []) for name in rules}
-    order = list(rules)
-    for r in range(repeats):
-        for name in order[r % len(order):] + order[:r % len(order)]:
-            tr = trainers[name]
-            timer = Timer(tr.device)
-            timer.start()
-            for xb, yb in data:
+    threads_before = torch.get_num_threads()
+    if cfg.threads:  # as train() does: a timed step runs on the configured thread count
+        torch.set_num_threads(cfg.threads)
+    try:
+        for tr in trainers.values():  # warm-up: allocator, kernels, lazy state
+            for xb, yb in data[:warmup]:
                 tr.train_step(xb, yb)
-            timer.stop()
-            out[name].times_s.append(timer.elapsed_s / steps)
+        out = {name: StepTimes(name, []) for name in rules}
+        order = list(rules)
+        for r in range(repeats):
+            for name in order[r % len(order):] + order[:r % len(order)]:
+                tr = trainers[name]
+                timer = Timer(tr.device)
+                timer.start()
+                for xb, yb in data:
+                    tr.train_step(xb, yb)
+                timer.stop()
+                out[name].times_s.append(timer.elapsed_s / steps)
+    finally:
+        torch.set_num_threads(threads_before)  # the caller's thread count is left as it was
     return out
