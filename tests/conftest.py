@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one intra-op thread: with two, a test run beside any other busy process (a benchmark) spins on
+# OpenMP barriers — the learning tests in test_contract took 6 min 42 s instead of 33 s so
+torch.set_num_threads(1)
 
 
 def real_data_dir(name: str = "mnist") -> Path | None:
