@@ -10,6 +10,7 @@ import copy
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -449,14 +450,22 @@ def train(rule: str | LearningRule = "bp", model: str | nn.Module = "mlp:1000,10
     overrides that label.
     """
     cfg = TrainConfig.from_dict(train_options)
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):
         return _train(cfg, rule, model, data, rule_options=rule_options, out=out, suite=suite,
                       data_dir=data_dir, resume=resume, on_epoch=on_epoch, variant=variant)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the body on ``n`` torch intra-op threads (None/0: leave torch's count), then restore
+    the caller's: a run's thread count must not leak out of it."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads_before)  # a run's thread count must not leak to the caller
+        torch.set_num_threads(before)
 
 
 def _train(cfg: TrainConfig, rule: str | LearningRule, model: str | nn.Module, data: Any, *,

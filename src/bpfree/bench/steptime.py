@@ -19,7 +19,7 @@ from ..meters import Timer
 from ..models import build_model
 from ..records import RunRecord
 from ..rule import Task, make_rule
-from ..train import TrainConfig, Trainer
+from ..train import TrainConfig, Trainer, torch_threads
 
 
 @dataclass
@@ -67,10 +67,7 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
     batches = [torch.randint(n, (batch_size,), generator=g).to(s.x_train.device)
                for _ in range(steps)]
     data = [(s.x_train[i], s.y_train[i]) for i in batches]
-    threads_before = torch.get_num_threads()
-    if cfg.threads:  # as train() does: a timed step runs on the configured thread count
-        torch.set_num_threads(cfg.threads)
-    try:
+    with torch_threads(cfg.threads):  # as in train(): timed steps run on the configured threads
         for tr in trainers.values():  # warm-up: allocator, kernels, lazy state
             for xb, yb in data[:warmup]:
                 tr.train_step(xb, yb)
@@ -85,6 +82,4 @@ def paired_step_times(rules: list[str], model: str, data: str, *, batch_size: in
                     tr.train_step(xb, yb)
                 timer.stop()
                 out[name].times_s.append(timer.elapsed_s / steps)
-    finally:
-        torch.set_num_threads(threads_before)  # the caller's thread count is left as it was
     return out
